@@ -1,0 +1,286 @@
+"""Configuration: YAML files plus dotted command-line overrides, validated against one schema.
+
+Rules a user can rely on:
+- every key is checked: an unknown key or a value of the wrong type fails with an error that
+  names the dotted key (``data.split.protocol``) and the file it came from;
+- paths written in a YAML file are relative to that file, paths given as command-line overrides
+  are relative to the current directory (so neither depends on where you run from by accident);
+- strings may use ``${VAR}`` or ``${VAR:-default}`` to read environment variables;
+- paths inside the data set (``data.items.path``, ``data.interactions.path``,
+  ``data.items.media_root``) are relative to ``data.root``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+class DemoConfig(Section):
+    """Parameters of the built-in demo data generator (see ``pipeline.data.demo``)."""
+
+    n_items: int = Field(1000, gt=0)
+    n_users: int = Field(800, gt=0)
+    seed: int = 0
+    image_size: int = Field(64, ge=16)
+    audio_seconds: float = Field(1.0, gt=0)
+    sample_rate: int = Field(16000, ge=4000)
+    mean_interactions: int = Field(20, gt=0)
+
+
+TableFormat = Literal["auto", "csv", "tsv", "parquet", "jsonl", "hf"]
+
+
+class ItemsConfig(Section):
+    """The item catalog. Each field maps a field name to a column name or a template.
+
+    A template is a Python format string over the row's columns, e.g.
+    ``"{prod_name}. {detail_desc}"`` or ``"images/{article_id:.3}/{article_id}.jpg"``.
+    Without ``path`` the catalog is the set of items seen in the interactions (no content).
+    """
+
+    path: str | None = None
+    format: TableFormat = "auto"
+    encoding: str = "utf-8"
+    id: str = "item_id"
+    text: dict[str, str] = {}
+    image: dict[str, str] = {}
+    audio: dict[str, str] = {}
+    media_root: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_unique(self) -> "ItemsConfig":
+        seen: dict[str, str] = {}
+        for modality in ("text", "image", "audio"):
+            for name in getattr(self, modality):
+                if name == "item_id" or name in seen:
+                    other = "item_id" if name == "item_id" else f"{seen[name]}.{name}"
+                    raise ValueError(f"field name {name!r} of {modality} is already used by {other}")
+                seen[name] = modality
+        return self
+
+
+class InteractionsConfig(Section):
+    """The interaction table. ``format: mmrec`` reads an MMRec ``.inter`` file and maps its
+    columns (userID, itemID and, when present, rating, timestamp, x_label) itself."""
+
+    path: str
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl", "hf", "mmrec"] = "auto"
+    encoding: str = "utf-8"
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str | None = None
+    timestamp_format: str | None = None  # strptime format; default: unix seconds or ISO 8601
+    rating: str | None = None
+    label: str | None = None  # MMRec's x_label column (0 train, 1 valid, 2 test)
+    unknown_items: Literal["error", "drop"] = "error"
+
+
+class FilterConfig(Section):
+    min_rating: float | None = None
+    min_user_interactions: int = Field(0, ge=0)
+    min_item_interactions: int = Field(0, ge=0)
+
+
+SplitProtocol = Literal["label", "random", "temporal_user", "temporal_global", "leave_one_out", "cold_start"]
+
+
+class SplitConfig(Section):
+    protocol: SplitProtocol = "random"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 999
+    short_history: int = Field(10, ge=3)  # MMRec: below this, one valid + one test item per user
+    valid_start: dt.date | None = None  # temporal_global: first day of validation
+    test_start: dt.date | None = None  # temporal_global: first day of test
+    cold_items: float = Field(0.2, gt=0, lt=1)  # cold_start: fraction of items held out
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _dates(self) -> "SplitConfig":
+        if (self.valid_start is None) != (self.test_start is None):
+            raise ValueError("set both valid_start and test_start, or neither (then cut by ratios)")
+        if self.valid_start is not None and self.valid_start > self.test_start:
+            raise ValueError(f"valid_start {self.valid_start} is after test_start {self.test_start}")
+        return self
+
+
+class DataConfig(Section):
+    name: str
+    root: Path
+    prepared: Path | None = None  # default: <cache_dir>/prepared/<name>
+    demo: DemoConfig | None = None  # set: generate the demo data into `root` first
+    items: ItemsConfig = ItemsConfig()
+    interactions: InteractionsConfig
+    filter: FilterConfig = FilterConfig()
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"name must be letters, digits, '_', '.', '-' (it names a folder), got {v!r}")
+        return v
+
+
+class Config(Section):
+    cache_dir: Path = Path("cache")
+    data: DataConfig
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.data.prepared or self.cache_dir / "prepared" / self.data.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# Keys whose values are filesystem paths resolved against the config file (or cwd for overrides).
+_PATH_KEYS = ("cache_dir", "data.root", "data.prepared")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
+    """``["a.b=1", "--c.d", "2", "--e=3"]`` -> ``[("a.b", "1"), ("c.d", "2"), ("e", "3")]``."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--"):
+            tok = tok[2:]
+            if "=" not in tok:
+                if i + 1 >= len(tokens):
+                    raise ConfigError(f"override --{tok} has no value")
+                tok = f"{tok}={tokens[i + 1]}"
+                i += 1
+        if "=" not in tok:
+            raise ConfigError(f"cannot read override {tokens[i]!r}: write key=value or --key value")
+        key, value = tok.split("=", 1)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+            raise ConfigError(f"override key {key!r} is not a dotted key like train.lr")
+        out.append((key, value))
+        i += 1
+    return out
+
+
+def _expand_env(value: Any, key: str, source: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}" if key else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{source}: {key} uses ${{{name}}} but the environment variable is not set")
+        return default
+
+    return _ENV.sub(repl, value)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _get_dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key or '<top level>'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides, validate, resolve paths."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if tree is None:
+        raise ConfigError(f"{path}: config file is empty")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
+    tree = _expand_env(tree, "", str(path))
+
+    base = path.resolve().parent
+    for key in _PATH_KEYS:
+        value = _get_dotted(tree, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            _set_dotted(tree, key, os.path.normpath(base / value))
+
+    for key, raw in parse_overrides(list(overrides or [])):
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        value = _expand_env(value, key, "command line")
+        if key in _PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
+            value = os.path.normpath(Path.cwd() / value)
+        _set_dotted(tree, key, value)
+
+    source = str(path) + (" with overrides" if overrides else "")
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
+    # The default cache_dir is relative to where the command runs; make it explicit.
+    if not cfg.cache_dir.is_absolute():
+        cfg.cache_dir = Path.cwd() / cfg.cache_dir
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
