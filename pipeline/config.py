@@ -31,7 +31,7 @@ class Section(BaseModel):
 class DemoConfig(Section):
     """Parameters of the built-in demo data generator (see ``pipeline.data.demo``)."""
 
-    n_items: int = Field(1000, gt=0)
+    n_items: int = Field(1000, ge=10)
     n_users: int = Field(800, gt=0)
     seed: int = 0
     image_size: int = Field(64, ge=16)
