@@ -60,6 +60,191 @@ def _cmd_data_stats(args: argparse.Namespace, overrides: list[str]) -> None:
     _emit({"path": str(prepared.path), **prepared.stats()}, args.json, _print_stats)
 
 
+def _prepared_for(cfg):
+    """The prepared data set for ``cfg``: reused when it was made from the same data config."""
+    from .data import PreparedData, prepare
+
+    try:
+        prepared = PreparedData.load(cfg.prepared_dir)
+        if prepared.config.get("data") == cfg.to_dict()["data"]:
+            return prepared
+    except ModalrecError:
+        pass
+    print(f"preparing {cfg.data.name} into {cfg.prepared_dir}", file=sys.stderr)
+    return prepare(cfg)
+
+
+def _print_extract(r: dict[str, Any]) -> None:
+    print(f"{'feature set':<28} {'dim':>5} {'items':>7} {'computed':>9} {'reused':>7} {'failed':>7} {'s':>8} {'items/s':>8}")
+    for f in r["feature_sets"]:
+        name = f"{f['encoder']}:{f['field']}"
+        print(f"{name:<28} {f['dim']:>5} {f['items']:>7,} {f['computed']:>9,} {f['reused']:>7,} {f['failed']:>7,} "
+              f"{f['seconds']:>8.2f} {f['items_per_second']:>8.1f}")
+        for fail in f["failures"][:10]:
+            print(f"    skipped {fail['item_id']}: {fail['reason']}")
+        if len(f["failures"]) > 10:
+            print(f"    ... and {len(f['failures']) - 10} more (see --json)")
+    print(f"store      {r['store']}")
+
+
+def _cmd_extract(args: argparse.Namespace, overrides: list[str]) -> None:
+    from accelerate import Accelerator
+
+    from .config import load_config
+    from .extract import extract
+
+    cfg = load_config(args.config, overrides)
+    accelerator = Accelerator()
+    prepared = _prepared_for(cfg) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if prepared is None:
+        from .data import PreparedData
+
+        prepared = PreparedData.load(cfg.prepared_dir)
+    results = extract(cfg, prepared, accelerator)
+    if accelerator.is_main_process:
+        out = {"store": str(cfg.features_dir), "feature_sets": [r.to_dict() for r in results]}
+        _emit(out, args.json, _print_extract)
+
+
+def _metrics_line(split: str, metrics: dict[str, Any], keys=("recall@10", "recall@20", "ndcg@10", "ndcg@20")) -> str:
+    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+    cold = "  ".join(f"{k} {metrics[k]:.4f}" for k in (f"cold/{x}" for x in keys[1::2]) if k in metrics)
+    return f"{split:<6} {shown}" + (f"   cold-start items: {cold}" if cold else "")
+
+
+def _print_train(r: dict[str, Any]) -> None:
+    if "runs" in r:
+        for run in r["runs"]:
+            _print_train(run)
+        print(f"mean over seeds {r['seeds']}:")
+        for split in ("valid", "test"):
+            print(f"{split:<6} " + "  ".join(f"{k} {v['mean']:.4f}±{v['std']:.4f}"
+                                            for k, v in r[split].items() if k in ("recall@20", "ndcg@20")))
+        return
+    print(f"model {r['model']} on {r['data']} (seed {r['seed']}): best epoch {r['best_epoch']} of {r['epochs']}, "
+          f"{r['train_seconds_per_epoch']:.3f} s/epoch train, {r['eval_seconds_per_epoch']:.3f} s/epoch eval")
+    print(_metrics_line("valid", r["valid"]))
+    print(_metrics_line("test", r["test"]))
+    print(f"run    {r['run_dir']}")
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from accelerate import Accelerator
+
+    from .config import load_config
+    from .train import run_training
+
+    cfg = load_config(args.config, overrides)
+    if cfg.model is None:
+        raise ModalrecError(f"{args.config}: no `model` section; pick one with model.name=bpr (or vbpr, lightgcn, freedom)")
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum)
+    data = _prepared_for(cfg) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if data is None:
+        from .data import PreparedData
+
+        data = PreparedData.load(cfg.prepared_dir)
+    result = run_training(cfg, data, resume=args.resume, accelerator=accelerator)
+    if accelerator.is_main_process:
+        if args.json:
+            result = {k: v for k, v in result.items() if k != "history"}
+        _emit(result, args.json, _print_train)
+
+
+def _cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .eval import Evaluator  # noqa: F401  (import check before the heavy load)
+    from .train import load_run
+    from .train.trainer import evaluators
+
+    if overrides:
+        raise ModalrecError(f"evaluate takes no overrides, got {' '.join(overrides)}")
+    cfg, data, model = load_run(args.run_dir)
+    valid_eval, test_eval = evaluators(cfg, data)
+    out = {"run_dir": str(args.run_dir), "model": cfg.model.name}
+    for split, ev in (("valid", valid_eval), ("test", test_eval)):
+        model.use_history(split)
+        out[split] = ev.evaluate(model.score, cold_slice=cfg.eval.cold_slice)
+    _emit(out, args.json, lambda r: (print(_metrics_line("valid", r["valid"])), print(_metrics_line("test", r["test"]))))
+
+
+def _cmd_recommend(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .eval.recommend import recommend, write_table
+    from .train import load_run
+
+    if overrides:
+        raise ModalrecError(f"recommend takes no overrides, got {' '.join(overrides)}")
+    cfg, data, model = load_run(args.run_dir)
+    users = None
+    if args.users:
+        users = [u.strip() for u in args.users.split(",") if u.strip()]
+    elif args.users_file:
+        from pathlib import Path
+
+        users = [line.strip() for line in Path(args.users_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    model.use_history("test")
+    frame = recommend(model, data, users, args.k)
+    if args.out:
+        write_table(frame, args.out)
+    result = {"run_dir": str(args.run_dir), "users": int(frame["user_id"].nunique()), "k": args.k,
+              "rows": len(frame), "out": args.out}
+    if not args.out:
+        result["recommendations"] = frame.to_dict(orient="records")
+    _emit(result, args.json, lambda r: print(frame.to_string(index=False) if not args.out else
+                                             f"wrote {r['rows']:,} rows for {r['users']:,} users to {r['out']}"))
+
+
+def _store(args):
+    from pathlib import Path
+
+    from .store import FeatureStore
+
+    if args.config:
+        from .config import load_config
+
+        return FeatureStore(load_config(args.config).features_dir)
+    return FeatureStore(Path(args.root) if args.root else None)
+
+
+def _print_sets(r: dict[str, Any]) -> None:
+    if not r["sets"]:
+        print(f"no feature sets in {r['root']}")
+        return
+    print(f"{'set':<30} {'spec':<36} {'dim':>5} {'dtype':<9} {'rows':>8} {'failed':>6}")
+    for m in r["sets"]:
+        print(f"{m['name']:<30} {str(m.get('spec'))[:36]:<36} {m['dim']:>5} {m['dtype']:<9} {m['rows']:>8,} {m['failed']:>6,}")
+
+
+def _cmd_store_ls(args: argparse.Namespace, overrides: list[str]) -> None:
+    store = _store(args)
+    _emit({"root": str(store.root), "sets": store.list()}, args.json, _print_sets)
+
+
+def _cmd_store_info(args: argparse.Namespace, overrides: list[str]) -> None:
+    info = _store(args).info(args.selector)
+    _emit(info, args.json, lambda r: print(json.dumps(r, indent=1)))
+
+
+def _cmd_store_gc(args: argparse.Namespace, overrides: list[str]) -> None:
+    store = _store(args)
+    keep = None
+    if args.prune_unlinked:
+        links = store.root / "links"
+        keep = [json.loads(p.read_text(encoding="utf-8"))["fingerprint"] for p in links.rglob("*.json")] if links.is_dir() else []
+    report = store.gc(keep=keep, dry_run=args.dry_run, views=args.views)
+    verb = "would remove" if args.dry_run else "removed"
+
+    def human(r):
+        for kind, paths in r.items():
+            if paths and kind != "keep_unmatched":
+                print(f"{verb} {len(paths)} {kind}: " + ", ".join(p.rsplit('/', 1)[-1] for p in paths[:8])
+                      + (" ..." if len(paths) > 8 else ""))
+        if not any(v for k, v in r.items() if k != "keep_unmatched"):
+            print("nothing to remove")
+
+    _emit(report, args.json, human)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modalrec", description="Multimodal recommendation toolkit.")
     parser.add_argument("--version", action="version", version=f"modalrec {__import__('pipeline').__version__}")
@@ -79,6 +264,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="prepared data set directory")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.set_defaults(func=_cmd_data_stats)
+
+    e = commands.add_parser(
+        "extract",
+        help="encode item content with the configured encoders into the feature store",
+        description="Computes only what the store lacks. Runs under `accelerate launch` to shard items "
+                    "across processes/GPUs. Overrides as for `data prepare`.",
+    )
+    e.add_argument("config", help="YAML config file with an `encoders:` section")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.set_defaults(func=_cmd_extract)
+
+    st = commands.add_parser("store", help="inspect and clean the feature store")
+    st_cmds = st.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
+    for name, func, helptext in (("ls", _cmd_store_ls, "list feature sets"),
+                                 ("info", _cmd_store_info, "one feature set's manifest, storage and failures"),
+                                 ("gc", _cmd_store_gc, "remove leftovers of killed writers, damaged files, stale views")):
+        sp = st_cmds.add_parser(name, help=helptext)
+        if name == "info":
+            sp.add_argument("selector", help="set name, fingerprint prefix, field, or FINGERPRINT/FIELD")
+        if name == "gc":
+            sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+            sp.add_argument("--views", action="store_true", help="also remove all read views (rebuilt on use)")
+            sp.add_argument("--prune-unlinked", action="store_true",
+                            help="also remove feature sets no `modalrec extract` link points at")
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--root", help="store directory (default: ./cache/features)")
+        where.add_argument("--config", help="take the store directory from this config's cache_dir")
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        sp.set_defaults(func=func)
+
+    t = commands.add_parser(
+        "train",
+        help="train the configured recommender; early-stops on validation, reports test at the best epoch",
+        description="The model is model.name (bpr, vbpr, lightgcn, freedom); item features come from the "
+                    "`features` section. Runs under `accelerate launch` for several GPUs.",
+    )
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.set_defaults(func=_cmd_train)
+
+    ev = commands.add_parser("evaluate", help="evaluate a trained run's best weights on valid and test")
+    ev.add_argument("run_dir", help="a run directory written by `modalrec train`")
+    ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    rc = commands.add_parser("recommend", help="top-K items for users of a trained run (seen items excluded)")
+    rc.add_argument("run_dir", help="a run directory written by `modalrec train`")
+    who = rc.add_mutually_exclusive_group()
+    who.add_argument("--users", help="comma-separated user ids (default: every user)")
+    who.add_argument("--users-file", help="a file with one user id per line")
+    rc.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    rc.add_argument("--out", help="write to this .csv or .parquet file instead of stdout")
+    rc.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    rc.set_defaults(func=_cmd_recommend)
     return parser
 
 

@@ -16,7 +16,7 @@ import datetime as dt
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -140,9 +140,159 @@ class DataConfig(Section):
         return v
 
 
+class EncoderConfig(Section):
+    """One pretrained encoder applied to one or more catalog fields of its modality."""
+
+    spec: str  # e.g. timm:resnet50, open_clip:ViT-B-32@openai, st:all-MiniLM-L6-v2, or a local path
+    fields: list[str] = Field(min_length=1)
+    options: dict[str, Any] = {}  # passed to encoders.create (pooling, layer, max_length, ...)
+    random_init: bool = False  # explicit opt-in: no pretrained weights (recorded in the fingerprint)
+    on_error: Literal["error", "skip"] = "error"  # bad input: stop naming the item, or mask it and report
+
+
+class ExtractConfig(Section):
+    batch_size: int = Field(32, gt=0)
+    num_workers: int = Field(2, ge=0)  # DataLoader workers decoding and preprocessing items
+    storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    offline: bool = False  # never contact a model hub (HF_HUB_OFFLINE=1 does the same)
+    flush_every: int = Field(512, gt=0)  # rows per atomic store write: at most this much work lost to a kill
+
+
+class FeatureSource(Section):
+    """Where a named feature set comes from: an encoder of this config, or an MMRec .npy file."""
+
+    encoder: str | None = None  # a key of `encoders`
+    field: str | None = None  # which of the encoder's fields (default: its only one)
+    mmrec: str | None = None  # an MMRec *_feat.npy file, relative to data.root (row i = item i)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FeatureSource":
+        if (self.encoder is None) == (self.mmrec is None):
+            raise ValueError("give exactly one of encoder (with optional field) or mmrec")
+        if self.mmrec is not None and self.field is not None:
+            raise ValueError("field goes with encoder, not with mmrec")
+        return self
+
+
+class TowerConfig(Section):
+    """The item tower: item ids, cached features, or both."""
+
+    ids: bool = True
+    features: list[str] = []  # names from the `features` section
+    fusion: Literal["concat", "sum", "gate"] = "concat"  # how several feature sets become one vector
+    combine: Literal["concat", "sum"] = "concat"  # how the id part and the feature part meet
+    fill: Literal["zeros", "mean", "learned"] = "mean"  # rows a feature set lacks (the store's mask)
+    trainable_features: bool = False  # fine-tune the cached vectors themselves (MMRec does, silently)
+
+    @model_validator(mode="after")
+    def _something(self) -> "TowerConfig":
+        if not self.ids and not self.features:
+            raise ValueError("an item tower needs ids, features, or both")
+        return self
+
+
+class _ModelBase(Section):
+    dim: int = Field(64, gt=0)
+    item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
+
+
+class BPRConfig(_ModelBase):
+    name: Literal["bpr"]
+    reg_weight: float = Field(0.01, ge=0)
+
+
+class VBPRConfig(_ModelBase):
+    name: Literal["vbpr"]
+    reg_weight: float = Field(2.0, ge=0)
+
+
+class LightGCNConfig(_ModelBase):
+    name: Literal["lightgcn"]
+    n_layers: int = Field(1, ge=1)
+    reg_weight: float = Field(0.01, ge=0)
+
+
+class FREEDOMConfig(_ModelBase):
+    name: Literal["freedom"]
+    n_ui_layers: int = Field(2, ge=1)
+    n_mm_layers: int = Field(1, ge=1)
+    knn_k: int = Field(10, ge=1)
+    dropout: float = Field(0.8, ge=0, lt=1)  # fraction of user-item edges dropped each epoch
+    reg_weight: float = Field(0.0, ge=0)  # weight of the feature-projection BPR terms
+    feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
+
+
+ModelConfig = Annotated[BPRConfig | VBPRConfig | LightGCNConfig | FREEDOMConfig, Field(discriminator="name")]
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1000, gt=0)
+    batch_size: int = Field(2048, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    seed: int = 999
+    seeds: list[int] | None = None  # several seeds: train each, report mean and std
+    valid_metric: str = "recall@20"
+    patience: int = Field(20, ge=0)  # epochs without improvement before stopping
+    eval_every: int = Field(1, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum: int = Field(1, gt=0)
+    runs_dir: Path | None = None  # default: <cache_dir>/runs
+    run_name: str | None = None  # default: <data>-<model>-s<seed>
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class EvalConfig(Section):
+    ks: list[int] = [10, 20, 50]
+    metrics: list[Literal["recall", "ndcg", "precision", "map", "hit", "mrr"]] = ["recall", "ndcg", "precision",
+                                                                                  "map", "hit", "mrr"]
+    batch_users: int = Field(4096, gt=0)
+    mask_valid_in_test: bool = True  # False reproduces MMRec (valid items stay rankable at test time)
+    skip_cold_users: bool = True  # users with no training pairs are not evaluated (as in MMRec)
+    cold_slice: bool = True  # also report metrics on items never seen in training
+
+
 class Config(Section):
     cache_dir: Path = Path("cache")
     data: DataConfig
+    encoders: dict[str, EncoderConfig] = {}
+    extract: ExtractConfig = ExtractConfig()
+    features: dict[str, FeatureSource] = {}
+    model: ModelConfig | None = None
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        for name, src in self.features.items():
+            if src.encoder is not None:
+                enc = self.encoders.get(src.encoder)
+                if enc is None:
+                    raise ValueError(f"features.{name}.encoder: no encoder {src.encoder!r} in `encoders`")
+                if src.field is None and len(enc.fields) != 1:
+                    raise ValueError(f"features.{name}.field: encoder {src.encoder!r} has fields {enc.fields}; pick one")
+                if src.field is not None and src.field not in enc.fields:
+                    raise ValueError(f"features.{name}.field: {src.field!r} is not among encoders.{src.encoder}.fields")
+        if self.model is not None and self.model.item_tower is not None:
+            for f in self.model.item_tower.features:
+                if f not in self.features:
+                    raise ValueError(f"model.item_tower.features: {f!r} is not in `features` ({sorted(self.features)})")
+        metric = self.train.valid_metric
+        name, _, k = metric.partition("@")
+        if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:
+            raise ValueError(f"train.valid_metric {metric!r} must be one of eval.metrics at one of eval.ks")
+        return self
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.train.runs_dir or self.cache_dir / "runs"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.cache_dir / "features"
 
     @property
     def prepared_dir(self) -> Path:
@@ -153,7 +303,7 @@ class Config(Section):
 
 
 # Keys whose values are filesystem paths resolved against the config file (or cwd for overrides).
-_PATH_KEYS = ("cache_dir", "data.root", "data.prepared")
+_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -221,6 +371,19 @@ def _get_dotted(tree: dict, key: str) -> Any:
     return node
 
 
+def _resolve_spec_paths(tree: dict, base: Path) -> None:
+    """Encoder specs naming a relative local path (``hf-audio:./models/x``) resolve like other paths."""
+    encoders = tree.get("encoders")
+    if not isinstance(encoders, dict):
+        return
+    for entry in encoders.values():
+        spec = entry.get("spec") if isinstance(entry, dict) else None
+        if isinstance(spec, str) and ":" in spec:
+            prefix, rest = spec.split(":", 1)
+            if rest.startswith(("./", "../")):
+                entry["spec"] = f"{prefix}:{os.path.normpath(base / rest)}"
+
+
 def _format_validation(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
@@ -260,6 +423,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         value = _get_dotted(tree, key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             _set_dotted(tree, key, os.path.normpath(base / value))
+    _resolve_spec_paths(tree, base)
 
     for key, raw in parse_overrides(list(overrides or [])):
         try:
@@ -270,6 +434,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if key in _PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
             value = os.path.normpath(Path.cwd() / value)
         _set_dotted(tree, key, value)
+        if key.startswith("encoders."):
+            _resolve_spec_paths(tree, Path.cwd())
 
     source = str(path) + (" with overrides" if overrides else "")
     try:

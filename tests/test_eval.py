@@ -113,7 +113,7 @@ def test_cold_slice_counts_only_unseen_items():
     scores = np.tile(np.arange(n_items, dtype=np.float32)[::-1], (n_users, 1))  # item 0 best ... 5 worst
     ev = Evaluator(n_users, n_items, train, test, ks=(2,))
     r = ev.evaluate(lambda u: torch.as_tensor(scores)[u])
-    assert r["cold/users"] == 3 and r["users"] == 3
+    assert r["cold/users"] == 3 and r["users"] == 3 and r["warm/users"] == 0
     # top-2 after masking the train item: user 0 gets 1, 2 (1 of its cold items {2, 5});
     # user 1 gets 1, 2 (misses 3); user 2 gets 0, 2 (misses 5)
     assert r["cold/recall@2"] == pytest.approx(0.5 / 3)

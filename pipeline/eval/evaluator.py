@@ -2,7 +2,8 @@
 
 Items the user trained on are masked (and, when testing, their validation items too, unless
 ``mask_valid_in_test`` is off, which reproduces MMRec's protocol). A cold-start slice reports the
-same metrics with ground truth restricted to items never seen in training.
+same metrics with ground truth restricted to items never seen in training (and a warm slice
+with the rest).
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class Evaluator:
         device = torch.device(device)
         k_max = max(self.ks)
         sums: dict[str, float] = {}
-        n_users = 0
-        cold_users = 0
+        counted = {"all": 0, "cold": 0, "warm": 0}
         cold = torch.as_tensor(self.cold_items, device=device)
         for start in range(0, len(self.users), self.batch_users):
             users = self.users[start : start + self.batch_users]
             with torch.no_grad():
-                scores = score(torch.as_tensor(users, device=device)).float()
+                # a copy: masking writes into it, and a model may hand out a view of its own state
+                scores = score(torch.as_tensor(users, device=device)).to(torch.float32, copy=True)
             rows, items = self.mask.batch(users)
             scores[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = -torch.inf
             top = scores.topk(min(k_max, self.n_items), dim=1).indices
@@ -86,18 +87,18 @@ class Evaluator:
             n_rel = relevant.sum(dim=1)
             for name, values in topk_metrics(hits, n_rel, self.ks, self.metrics).items():
                 sums[name] = sums.get(name, 0.0) + float(values.sum())
-            n_users += len(users)
-            if cold_slice:
-                relevant_cold = relevant & cold
-                n_cold = relevant_cold.sum(dim=1)
-                keep = n_cold > 0
-                if keep.any():
-                    hits_cold = relevant_cold.gather(1, top)[keep]
-                    for name, values in topk_metrics(hits_cold, n_cold[keep], self.ks, self.metrics).items():
-                        sums[f"cold/{name}"] = sums.get(f"cold/{name}", 0.0) + float(values.sum())
-                    cold_users += int(keep.sum())
-        result = {name: total / (cold_users if name.startswith("cold/") else n_users) for name, total in sums.items()}
-        result["users"] = n_users
+            counted["all"] += len(users)
+            if cold_slice:  # the same ranking, ground truth restricted to cold (and to warm) items
+                for prefix, part in (("cold", relevant & cold), ("warm", relevant & ~cold)):
+                    n_part = part.sum(dim=1)
+                    keep = n_part > 0
+                    if keep.any():
+                        for name, values in topk_metrics(part.gather(1, top)[keep], n_part[keep], self.ks,
+                                                         self.metrics).items():
+                            sums[f"{prefix}/{name}"] = sums.get(f"{prefix}/{name}", 0.0) + float(values.sum())
+                        counted[prefix] += int(keep.sum())
+        result = {name: total / counted[name.split("/")[0] if "/" in name else "all"] for name, total in sums.items()}
+        result["users"] = counted["all"]
         if cold_slice:
-            result["cold/users"] = cold_users
+            result["cold/users"], result["warm/users"] = counted["cold"], counted["warm"]
         return result

@@ -1,0 +1,12 @@
+"""Pluggable pretrained encoders: `encoders.create("timm:resnet50")` -> Encoder.
+
+Backends (timm, hf, hf-audio, open_clip, st) load lazily; add your own with
+`@encoders.register("prefix")` or the `modalrec.encoders` entry point group.
+"""
+
+from .base import Encoder, EncoderInputError, WeightsNotFoundError
+from .registry import available, create, register
+from .weights import sha256_file
+
+__all__ = ["create", "register", "available", "Encoder", "EncoderInputError", "WeightsNotFoundError",
+           "sha256_file"]

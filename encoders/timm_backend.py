@@ -1,0 +1,100 @@
+"""timm image encoders: `timm:resnet50`, `timm:hf-hub:timm/...`, `timm:/path/dir` (config.json + weights)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import ConfigError
+
+from .base import Encoder, jsonable
+from .processing import PadCollate, TorchvisionImage
+from .registry import Options, register
+from .weights import file_identity, loading, local_path, looks_local, random_identity, sha256_tree, \
+    state_dict_sha256
+
+
+class TimmEncoder(Encoder):
+    def __init__(self, model: torch.nn.Module, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["pixel_values"]
+        if self.layer is None:
+            return self.model(x)  # num_classes=0: the pooled pre-logits features
+        # forward_intermediates gives NCHW maps for CNNs and ViTs alike (prefix tokens dropped).
+        (feat,) = self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)
+        return feat.mean(dim=(2, 3)) if feat.dim() == 4 else feat.mean(dim=1)
+
+
+def _hub_weights_identity(model: torch.nn.Module) -> dict:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin", cfg.get("hf_hub_filename")):
+            path = try_to_load_from_cache(hub_id, filename) if filename else None
+            if isinstance(path, str):
+                return {"hub": hub_id, **file_identity(path)}
+    return {"hub": hub_id or cfg.get("url"), "tensors_sha256": state_dict_sha256(model)}
+
+
+@register("timm")
+def create_timm(name: str, *, modality=None, offline=False, random_init=False, **options) -> TimmEncoder:
+    import timm
+    from timm.data import create_transform, resolve_model_data_config
+
+    if modality not in (None, "image"):
+        raise ConfigError(f"timm:{name} is an image encoder, not {modality}")
+    opts = Options("timm", options)
+    layer = opts.pop("layer", kind=int)
+    normalize = opts.pop("normalize", False, kind=bool)
+    seed = opts.pop("seed", 0, kind=int)
+    model_args = dict(opts.pop("model_args", {}) or {})
+    opts.done()
+
+    local = looks_local(name) and not name.startswith("hf-hub:")
+    if local:
+        path = local_path(name, "timm")
+        timm_name, model_id = f"local-dir:{path}", "local"
+    else:
+        timm_name = model_id = name
+    with loading("timm", name, offline=offline, local=local):
+        if random_init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = timm.create_model(timm_name, pretrained=False, num_classes=0, **model_args)
+        else:
+            model = timm.create_model(timm_name, pretrained=True, num_classes=0, **model_args)
+    model.eval()
+
+    if random_init:
+        weights = random_identity(seed, sha256_tree(path) if local else model_id)
+    elif local:
+        weights = {"sha256": sha256_tree(path)}
+    else:
+        weights = _hub_weights_identity(model)
+    data_cfg = resolve_model_data_config(model)
+    transform = create_transform(**data_cfg, is_training=False)
+    if layer is None:
+        dim = getattr(model, "head_hidden_size", None) or model.num_features
+    else:
+        try:
+            with torch.no_grad():
+                (feat,) = model.forward_intermediates(torch.zeros(1, *data_cfg["input_size"]), indices=[layer],
+                                                      intermediates_only=True)
+        except (AssertionError, IndexError, NotImplementedError) as exc:
+            raise ConfigError(f"timm:{name}: layer={layer} is not available ({exc or 'out of range'})") from None
+        dim = feat.shape[1] if feat.dim() == 4 else feat.shape[-1]
+    identity = {
+        "backend": "timm",
+        "model": model_id,
+        "architecture": model.pretrained_cfg.get("architecture") or type(model).__name__,
+        "model_args": jsonable(model_args),
+        "weights": weights,
+        "preprocess": jsonable(data_cfg),
+        "pooling": "timm-head" if layer is None else "spatial-mean",
+    }
+    return TimmEncoder(model, modality="image", dim=dim, preprocessor=TorchvisionImage(transform),
+                       collator=PadCollate(), identity=identity, layer=layer, normalize=normalize, source=name)

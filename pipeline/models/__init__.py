@@ -1,0 +1,82 @@
+"""Recommenders over item towers; ``build_model`` turns the `model` config section into one.
+
+Every model follows the two-method contract of ``Recommender`` (``loss`` and ``score``) and
+takes whatever item tower the config describes: ids, cached features, or both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Recommender
+from .freedom import FREEDOM
+from .graphs import cached_knn_graph
+from .lightgcn import LightGCN
+from .mf import MF
+from .towers import CombinedTower, FeatureTower, IdTower, ItemTower
+
+MODELS = ("bpr", "vbpr", "lightgcn", "freedom")
+
+
+@dataclass
+class LoadedFeature:
+    """A feature set aligned to the catalog: ``values[i]`` is item i, ``mask[i]`` says it exists."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    fingerprint: str
+
+
+def _tower(mcfg, n_items: int, features: dict[str, LoadedFeature], id_init: str) -> ItemTower:
+    from ..config import TowerConfig
+
+    tcfg = mcfg.item_tower
+    if tcfg is None:  # each model's own default
+        tcfg = TowerConfig(features=list(features)) if mcfg.name == "vbpr" else TowerConfig()
+    if mcfg.name == "vbpr" and not tcfg.features:
+        raise ConfigError("model vbpr needs features: add a `features` section (or model.item_tower.features)")
+    ids = IdTower(n_items, mcfg.dim, init=id_init) if tcfg.ids else None
+    if not tcfg.features:
+        return ids
+    chosen = {n: features[n] for n in tcfg.features}
+    feats = FeatureTower({n: f.values for n, f in chosen.items()}, {n: f.mask for n, f in chosen.items()},
+                         mcfg.dim, fusion=tcfg.fusion, fill=tcfg.fill, trainable_features=tcfg.trainable_features)
+    return feats if ids is None else CombinedTower(ids, feats, tcfg.combine)
+
+
+def build_model(mcfg, n_users: int, n_items: int, train_pairs: tuple[np.ndarray, np.ndarray],
+                features: dict[str, LoadedFeature], cache_dir: Path, seed: int) -> Recommender:
+    """The recommender named by ``model.name`` with its item tower."""
+    users, items = train_pairs
+    if mcfg.name in ("bpr", "vbpr"):
+        init = "xavier_normal" if mcfg.name == "bpr" else "xavier_uniform"
+        return MF(n_users, _tower(mcfg, n_items, features, init), reg_weight=mcfg.reg_weight, user_init=init)
+    if mcfg.name == "lightgcn":
+        return LightGCN(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items,
+                        n_layers=mcfg.n_layers, reg_weight=mcfg.reg_weight)
+    if not features:
+        raise ConfigError("model freedom builds its item-item graph from features: add a `features` section")
+    weights = mcfg.feature_weights or {n: 1.0 / len(features) for n in features}
+    unknown = sorted(set(weights) - set(features))
+    if unknown:
+        raise ConfigError(f"model.feature_weights: {unknown} not in `features` ({sorted(features)})")
+    used = {n: features[n] for n in weights}
+    # a missing row has no neighbours to speak of: fill with the mean so it links to typical items
+    filled = {}
+    for n, f in used.items():
+        x = f.values.float().clone()
+        if (~f.mask).any() and f.mask.any():
+            x[~f.mask] = x[f.mask].mean(dim=0)
+        filled[n] = x
+    graph = cached_knn_graph(cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights, mcfg.knn_k)
+    return FREEDOM(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items, graph, filled,
+                   n_ui_layers=mcfg.n_ui_layers, n_mm_layers=mcfg.n_mm_layers, dropout=mcfg.dropout,
+                   reg_weight=mcfg.reg_weight, seed=seed)
+
+
+__all__ = ["MODELS", "LoadedFeature", "Recommender", "build_model"]

@@ -1,0 +1,89 @@
+"""The recommender contract (the two methods MMRec made popular) and shared loss pieces."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .towers import ItemTower
+
+
+class Recommender(nn.Module, ABC):
+    """``loss(batch) -> scalar`` for training, ``score(users) -> [len(users), n_items]`` for ranking.
+
+    ``batch_kind`` tells the trainer which batches to build: ``"pairs"`` (users, pos, neg) or
+    ``"sequences"`` (per-user item histories).
+    """
+
+    batch_kind = "pairs"
+    item_tower: ItemTower
+
+    @abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def score(self, users: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # DDP synchronises gradients of what runs through forward(): training calls model(batch)
+        return self.loss(batch)
+
+    def pre_epoch(self, epoch: int) -> None:
+        """Called before every training epoch (graph re-sampling and the like)."""
+
+    def use_history(self, split: str) -> None:
+        """Which interactions count as the user's known history when scoring (``"valid"`` scoring
+        sees train; ``"test"`` sees train + valid). Only history-based models care."""
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """-mean log sigmoid(pos - neg), with MMRec's 1e-10 guard inside the log."""
+    return -torch.log(1e-10 + torch.sigmoid(pos - neg)).mean()
+
+
+def emb_loss(*tensors: torch.Tensor) -> torch.Tensor:
+    """MMRec's regulariser: sum of (un-squared) Frobenius norms over the batch size."""
+    return sum(t.norm(p=2) for t in tensors) / tensors[-1].shape[0]
+
+
+def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: torch.Tensor | None,
+                     temperature: float = 1.0, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over the batch's positives as negatives, with the logQ correction for the
+    popularity bias of in-batch sampling (Yi et al. 2019). Repeated items in the batch are not
+    counted as negatives of each other."""
+    logits = user_vecs @ item_vecs.T / temperature
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    if item_ids is not None:
+        same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+        logits = logits.masked_fill(same & ~torch.eye(len(item_ids), dtype=torch.bool, device=logits.device), -torch.inf)
+    return F.cross_entropy(logits, torch.arange(len(user_vecs), device=logits.device))
+
+
+def sampled_softmax(user_vecs: torch.Tensor, pos_vecs: torch.Tensor, neg_vecs: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Softmax of the positive against ``[B, n_neg, D]`` sampled negatives."""
+    pos = (user_vecs * pos_vecs).sum(-1, keepdim=True)
+    neg = torch.einsum("bd,bnd->bn", user_vecs, neg_vecs)
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(user_vecs), dtype=torch.long, device=logits.device))
+
+
+def normalized_bipartite(users: np.ndarray, items: np.ndarray, n_users: int,
+                         n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """D^-1/2 A D^-1/2 of the user-item graph, as two CSR blocks (users x items and its transpose).
+
+    The symmetric (n_users + n_items) square matrix of LightGCN only ever multiplies these two
+    off-diagonal blocks, so keeping them apart halves the sparse work.
+    """
+    key = np.unique(users.astype(np.int64) * n_items + items)
+    u, i = key // n_items, key % n_items
+    du = np.bincount(u, minlength=n_users).astype(np.float64) + 1e-7
+    di = np.bincount(i, minlength=n_items).astype(np.float64) + 1e-7
+    values = (du[u] ** -0.5 * di[i] ** -0.5).astype(np.float32)
+    r = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([u, i])), torch.from_numpy(values), (n_users, n_items))
+    return r.coalesce().to_sparse_csr(), r.t().coalesce().to_sparse_csr()

@@ -1,0 +1,80 @@
+"""FREEDOM (Zhou & Shen 2023): a frozen item-item kNN graph from multimodal features plus a
+LightGCN over a user-item graph whose edges are re-sampled every epoch, degree-sensitively.
+
+Scoring uses the full user-item graph; training uses that epoch's pruned graph. The feature
+projections only enter the loss through ``reg_weight`` (0 by default, as in the paper's
+default run), so by default features shape the model only through the kNN graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .base import Recommender, normalized_bipartite
+from .graphs import prune_edges
+from .lightgcn import propagate
+from .towers import ItemTower
+
+
+class FREEDOM(Recommender):
+    def __init__(self, n_users: int, item_tower: ItemTower, train_users: np.ndarray, train_items: np.ndarray,
+                 item_graph: torch.Tensor, features: dict[str, torch.Tensor], n_ui_layers: int = 2,
+                 n_mm_layers: int = 1, dropout: float = 0.8, reg_weight: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.item_tower = item_tower
+        self.n_users, self.n_items = n_users, item_tower.n_items
+        self.user = nn.Embedding(n_users, item_tower.dim)
+        nn.init.xavier_uniform_(self.user.weight)
+        self.n_ui_layers, self.n_mm_layers = n_ui_layers, n_mm_layers
+        self.dropout, self.reg_weight = dropout, reg_weight
+        pairs = np.unique(train_users.astype(np.int64) * self.n_items + train_items)  # distinct edges
+        self.train_users, self.train_items = pairs // self.n_items, pairs % self.n_items
+        r, rt = normalized_bipartite(self.train_users, self.train_items, n_users, self.n_items)
+        self.register_buffer("r", r, persistent=False)
+        self.register_buffer("rt", rt, persistent=False)
+        self.register_buffer("item_graph", item_graph, persistent=False)
+        self.epoch_r, self.epoch_rt = r, rt
+        self.seed = seed
+        self.generator = torch.Generator()
+        # the modality BPR terms; trainable copies of the features as in the paper's code
+        self.feature_tables = nn.ParameterDict({n: nn.Parameter(f.float().clone()) for n, f in features.items()})
+        self.projections = nn.ModuleDict({n: nn.Linear(f.shape[1], item_tower.dim) for n, f in features.items()})
+
+    def pre_epoch(self, epoch: int) -> None:
+        if self.dropout <= 0:
+            self.epoch_r, self.epoch_rt = self.r, self.rt
+            return
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)  # depends on the epoch alone: resumable
+        u, i = prune_edges(self.train_users, self.train_items, self.n_users, self.n_items, 1 - self.dropout,
+                           self.generator)
+        r, rt = normalized_bipartite(u, i, self.n_users, self.n_items)
+        self.epoch_r, self.epoch_rt = r.to(self.r.device), rt.to(self.r.device)
+
+    def embeddings(self, r, rt):
+        items0 = self.item_tower()
+        h = items0
+        for _ in range(self.n_mm_layers):
+            h = torch.sparse.mm(self.item_graph, h)
+        users, items = propagate(self.user.weight, items0, r, rt, self.n_ui_layers)
+        return users, items + h
+
+    def loss(self, batch):
+        users, items = self.embeddings(self.epoch_r, self.epoch_rt)
+        u = users[batch["users"]]
+        pos, neg = batch["pos"], batch["neg"]
+
+        def bpr(item_vecs):
+            return -F.logsigmoid((u * item_vecs[pos]).sum(-1) - (u * item_vecs[neg]).sum(-1)).mean()
+
+        loss = bpr(items)
+        if self.reg_weight > 0:
+            for name, table in self.feature_tables.items():
+                loss = loss + self.reg_weight * bpr(self.projections[name](table))
+        return loss
+
+    def score(self, users_idx):
+        users, items = self.embeddings(self.r, self.rt)
+        return users[users_idx] @ items.T

@@ -1,0 +1,33 @@
+"""Matrix factorisation with BPR: BPR-MF (item ids) and VBPR (ids + projected features).
+
+Both are the same model over different item towers: VBPR is MF whose item vector is
+``[id embedding, W * features]`` (He & McAuley 2016, as MMRec implements it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Recommender, bpr_loss, emb_loss
+from .towers import ItemTower
+
+
+class MF(Recommender):
+    def __init__(self, n_users: int, item_tower: ItemTower, reg_weight: float = 0.01, user_init: str = "xavier_normal"):
+        super().__init__()
+        self.item_tower = item_tower
+        self.user = nn.Embedding(n_users, item_tower.dim)
+        getattr(nn.init, f"{user_init}_")(self.user.weight)
+        self.reg_weight = reg_weight
+
+    def loss(self, batch):
+        u = self.user(batch["users"])
+        n = len(batch["pos"])
+        items = self.item_tower(torch.cat([batch["pos"], batch["neg"]]))
+        pos, neg = items[:n], items[n:]
+        loss = bpr_loss((u * pos).sum(-1), (u * neg).sum(-1))
+        return loss + self.reg_weight * emb_loss(u, pos, neg)
+
+    def score(self, users):
+        return self.user(users) @ self.item_tower().T

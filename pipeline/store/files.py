@@ -1,0 +1,109 @@
+"""Small filesystem helpers for writing without locks: unique temporary names, fsync, rename.
+
+Every file the store writes first lands under a temporary name in its final directory and is
+then renamed into place. A rename within one directory is atomic, so a reader sees either no
+file or the whole file, and a writer killed at any moment leaves only a temporary file behind.
+The temporary name records the writer's pid and host so ``gc`` can tell an abandoned one (its
+writer is gone) from one still being written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def temp_path(directory: Path, label: str) -> Path:
+    """``<directory>/.tmp-<pid>-<random>-<host>-<label>``: unique across processes and machines."""
+    return Path(directory) / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}-{label}"
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(TMP_PREFIX)
+
+
+def temp_is_abandoned(path: Path, max_age: float) -> bool:
+    """True when a temporary file's writer is certainly gone: a dead pid on this host, or (for
+    another host, whose pids we cannot check) no change for ``max_age`` seconds."""
+    parts = path.name[len(TMP_PREFIX):].split("-", 3)
+    try:
+        age = time.time() - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    if len(parts) == 4 and parts[0].isdigit() and parts[2] == _HOST:
+        return not _pid_alive(int(parts[0]))
+    return age > max_age
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable; best effort (some filesystems cannot open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` all at once or not at all.
+
+    ``exclusive``: only create, never replace (a hard link fails if the name exists), so two
+    processes creating the same file race safely. Returns False when it already existed.
+    """
+    path = Path(path)
+    tmp = temp_path(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem: fall back to a plain check
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory so it vanishes at once: rename it to a temporary name first, so a
+    deletion killed half way leaves a temporary that ``gc`` finishes, never a half set."""
+    import shutil
+
+    path = Path(path)
+    trash = temp_path(path.parent, path.name + ".trash")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""One training loop for every model and both tracks, on Accelerate.
+
+Read it top to bottom: build data, model and optimizer; ``accelerator.prepare``; then per epoch
+train, evaluate on validation, keep the best weights, checkpoint, stop early. The test split is
+evaluated only with the weights of the best validation epoch (never used for selection).
+Multi-GPU and multi-node come from ``accelerate launch``, not from code here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import Config, save_config
+from ..data import PreparedData
+from ..errors import ConfigError, ModalrecError
+from ..eval import Evaluator
+from ..models import build_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .sampling import PairBatches
+
+
+def run_dir_for(cfg: Config, seed: int) -> Path:
+    name = cfg.train.run_name or f"{cfg.data.name}-{cfg.model.name}"
+    return cfg.runs_dir / f"{name}-s{seed}"
+
+
+def evaluators(cfg: Config, data: PreparedData) -> tuple[Evaluator, Evaluator]:
+    train, valid, test = (data.pairs(s) for s in ("train", "valid", "test"))
+    kw = dict(ks=tuple(cfg.eval.ks), metrics=tuple(cfg.eval.metrics), batch_users=cfg.eval.batch_users,
+              skip_cold_users=cfg.eval.skip_cold_users)
+    return (Evaluator(data.n_users, data.n_items, train, valid, **kw),
+            Evaluator(data.n_users, data.n_items, train, test, also_mask=valid if cfg.eval.mask_valid_in_test else None,
+                      **kw))
+
+
+def _evaluate(model, evaluator: Evaluator, split: str, device, cold_slice: bool) -> dict[str, float]:
+    model.eval()
+    model.use_history(split)
+    with torch.no_grad():
+        return evaluator.evaluate(model.score, device=device, cold_slice=cold_slice)
+
+
+def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None = None, resume: bool = False,
+          accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``data``; returns the result object ``modalrec train --json`` prints."""
+    if cfg.model is None:
+        raise ConfigError("no `model` section: name a model, e.g. model.name=bpr")
+    seed = cfg.train.seed if seed is None else seed
+    run_dir = run_dir_for(cfg, seed)
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
+                                             gradient_accumulation_steps=cfg.train.grad_accum,
+                                             log_with="tensorboard" if cfg.train.tensorboard else None,
+                                             project_dir=str(run_dir))
+    set_seed(seed)
+    main = accelerator.is_main_process
+    if main:
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)  # a fresh run; --resume continues an old one instead
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # the run's own seed, so the saved config alone rebuilds this run (evaluate, recommend)
+        save_config(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, "seeds": None})}),
+                    run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    train_u, train_i = data.pairs("train")
+    model = build_model(cfg.model, data.n_users, data.n_items, (train_u, train_i), features, cfg.cache_dir, seed)
+    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                        weight_decay=cfg.train.weight_decay)
+    batches = PairBatches(train_u, train_i, data.n_items, cfg.train.batch_size, seed,
+                          rank=accelerator.process_index, world=accelerator.num_processes)
+    loader = DataLoader(batches, batch_size=None)  # the dataset yields whole vectorised batches
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    valid_eval, test_eval = evaluators(cfg, data)
+
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": -1, "best_score": -1.0, "bad_epochs": 0, "history": [],
+                             "valid": {}, "test": {}}
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint", core, optimizer)
+        if main:
+            print(f"resuming {run_dir} at epoch {state['epoch']}", flush=True)
+    if cfg.train.tensorboard:
+        accelerator.init_trackers("tb")
+    metric = cfg.train.valid_metric
+    bar = tqdm(total=cfg.train.epochs, initial=state["epoch"], desc=f"{cfg.model.name}", unit="epoch",
+               disable=not (main and cfg.train.progress), dynamic_ncols=True)
+    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] <= cfg.train.patience:
+        epoch = state["epoch"]
+        model.train()
+        core.pre_epoch(epoch)
+        batches.set_epoch(epoch)
+        started = time.perf_counter()
+        total, steps = 0.0, 0
+        for batch in loader:
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss = model(batch)
+                if not torch.isfinite(loss):
+                    raise ModalrecError(f"training diverged at epoch {epoch}: loss is {loss.item()}; lower train.lr")
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.item()
+            steps += 1
+        train_seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": train_seconds}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            started = time.perf_counter()
+            valid = _evaluate(core, valid_eval, "valid", accelerator.device, cold_slice=False)
+            record["eval_seconds"] = time.perf_counter() - started
+            record["valid"] = {metric: valid[metric]}
+            if valid[metric] > state["best_score"]:
+                state.update(best_score=valid[metric], best_epoch=epoch, bad_epochs=0, valid=valid)
+                state["test"] = _evaluate(core, test_eval, "test", accelerator.device, cfg.eval.cold_slice)
+                if main:
+                    save_file({k: v.detach().contiguous().cpu() for k, v in core.state_dict().items()},
+                              str(run_dir / "best.safetensors"))
+            else:
+                state["bad_epochs"] += 1
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        accelerator.log({"train/loss": record["loss"], **{f"valid/{k}": v for k, v in record.get("valid", {}).items()}},
+                        step=epoch)
+        if main:
+            save_checkpoint(run_dir / "checkpoint", core, optimizer, state)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{state['best_score']:.4f}"})
+        bar.update(1)
+    bar.close()
+    accelerator.end_training()
+
+    result = summarize(cfg, state, seed, run_dir)
+    if main:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def summarize(cfg: Config, state: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+    hist = state["history"]
+    evals = [h["eval_seconds"] for h in hist if "eval_seconds" in h]
+    return {
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "best_epoch": state["best_epoch"],
+        "epochs": len(hist),
+        "valid": state["valid"],
+        "test": state["test"],
+        "train_seconds_per_epoch": statistics.median(h["train_seconds"] for h in hist) if hist else 0.0,
+        "eval_seconds_per_epoch": statistics.median(evals) if evals else 0.0,
+        "history": [{k: v for k, v in h.items()} for h in hist],
+    }
+
+
+def mean_std(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds of one config: every test/valid metric as mean and (sample) std."""
+    out: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        keys = [k for k, v in results[0][split].items() if isinstance(v, float)]
+        out[split] = {k: {"mean": float(np.mean([r[split][k] for r in results])),
+                          "std": float(np.std([r[split][k] for r in results], ddof=1)) if len(results) > 1 else 0.0}
+                      for k in keys}
+    return out
