@@ -49,10 +49,10 @@ def _tower(mcfg, n_items: int, features: dict[str, LoadedFeature], id_init: str)
     return feats if ids is None else CombinedTower(ids, feats, tcfg.combine)
 
 
-def build_model(mcfg, n_users: int, n_items: int, train_pairs: tuple[np.ndarray, np.ndarray],
-                features: dict[str, LoadedFeature], cache_dir: Path, seed: int) -> Recommender:
-    """The recommender named by ``model.name`` with its item tower."""
-    users, items = train_pairs
+def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path, seed: int) -> Recommender:
+    """The recommender named by ``model.name`` with its item tower, for a ``PreparedData``."""
+    n_users, n_items = data.n_users, data.n_items
+    users, items = data.pairs("train")
     if mcfg.name in ("bpr", "vbpr"):
         init = "xavier_normal" if mcfg.name == "bpr" else "xavier_uniform"
         return MF(n_users, _tower(mcfg, n_items, features, init), reg_weight=mcfg.reg_weight, user_init=init)

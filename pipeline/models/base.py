@@ -15,12 +15,18 @@ from .towers import ItemTower
 class Recommender(nn.Module, ABC):
     """``loss(batch) -> scalar`` for training, ``score(users) -> [len(users), n_items]`` for ranking.
 
-    ``batch_kind`` tells the trainer which batches to build: ``"pairs"`` (users, pos, neg) or
-    ``"sequences"`` (per-user item histories).
+    ``train_batches`` says what one epoch of training data looks like; the default is shuffled
+    (user, positive, negative) triples, which pairwise models (BPR, LightGCN, ...) use as is.
     """
 
-    batch_kind = "pairs"
     item_tower: ItemTower
+
+    def train_batches(self, data, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        """An ``IterableDataset`` with ``set_epoch(epoch)`` yielding dicts of tensors for ``loss``."""
+        from ..train.sampling import PairBatches
+
+        users, items = data.pairs("train")
+        return PairBatches(users, items, data.n_items, batch_size, seed, rank=rank, world=world)
 
     @abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...

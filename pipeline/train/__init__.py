@@ -51,7 +51,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, PreparedData, torch.nn.Module
     data = PreparedData.load(cfg.prepared_dir)
     seed = cfg.train.seed  # the trainer saved the run's own seed here
     features = load_features(cfg, data, needed_features(cfg))
-    model = build_model(cfg.model, data.n_users, data.n_items, data.pairs("train"), features, cfg.cache_dir, seed)
+    model = build_model(cfg.model, data, features, cfg.cache_dir, seed)
     model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
     model.eval()
     return cfg, data, model

@@ -29,7 +29,6 @@ from ..errors import ConfigError, ModalrecError
 from ..eval import Evaluator
 from ..models import build_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .sampling import PairBatches
 
 
 def run_dir_for(cfg: Config, seed: int) -> Path:
@@ -75,13 +74,12 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                     run_dir / "config.yaml")
     accelerator.wait_for_everyone()
 
-    train_u, train_i = data.pairs("train")
-    model = build_model(cfg.model, data.n_users, data.n_items, (train_u, train_i), features, cfg.cache_dir, seed)
+    model = build_model(cfg.model, data, features, cfg.cache_dir, seed)
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                         weight_decay=cfg.train.weight_decay)
-    batches = PairBatches(train_u, train_i, data.n_items, cfg.train.batch_size, seed,
-                          rank=accelerator.process_index, world=accelerator.num_processes)
+    batches = model.train_batches(data, cfg.train.batch_size, seed, rank=accelerator.process_index,
+                                  world=accelerator.num_processes)
     loader = DataLoader(batches, batch_size=None)  # the dataset yields whole vectorised batches
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
