@@ -245,6 +245,25 @@ def _cmd_store_gc(args: argparse.Namespace, overrides: list[str]) -> None:
     _emit(report, args.json, human)
 
 
+def _cmd_tune(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .train import run_training
+    from .train.search import parse_grid, search
+
+    if not args.grid:
+        raise ModalrecError("tune needs at least one --grid key=v1,v2,...")
+    result = search(args.config, overrides, parse_grid(args.grid), args.random,
+                    lambda cfg, data: run_training(cfg, data), _prepared_for)
+
+    def human(r):
+        print(f"{'trial':>5}  {'valid ' + r['metric']:>18}  {'test ' + r['metric']:>17}  overrides")
+        for t in r["trials"]:
+            mark = "*" if t is r["best"] or t == r["best"] else " "
+            print(f"{t['trial']:>4}{mark}  {t['valid']:>18.4f}  {t['test']:>17.4f}  {' '.join(t['overrides'])}")
+        print(f"selected on validation: trial {r['best']['trial']} ({' '.join(r['best']['overrides'])})")
+
+    _emit(result, args.json, human)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modalrec", description="Multimodal recommendation toolkit.")
     parser.add_argument("--version", action="version", version=f"modalrec {__import__('pipeline').__version__}")
@@ -304,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     t.set_defaults(func=_cmd_train)
+
+    tu = commands.add_parser(
+        "tune",
+        help="grid or random hyper-parameter search, selected on validation only",
+        description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.",
+    )
+    tu.add_argument("config", help="YAML config file")
+    tu.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try for a key")
+    tu.add_argument("--random", type=int, metavar="N", help="try N random combinations instead of all")
+    tu.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    tu.set_defaults(func=_cmd_tune)
 
     ev = commands.add_parser("evaluate", help="evaluate a trained run's best weights on valid and test")
     ev.add_argument("run_dir", help="a run directory written by `modalrec train`")

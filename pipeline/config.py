@@ -79,7 +79,7 @@ class InteractionsConfig(Section):
     path: str
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl", "hf", "mmrec"] = "auto"
     encoding: str = "utf-8"
-    user: str = "user_id"
+    user: str | None = "user_id"  # null: no user ids, each row is its own user (one anonymous session)
     item: str = "item_id"
     timestamp: str | None = None
     timestamp_format: str | None = None  # strptime format; default: unix seconds or ISO 8601
@@ -192,29 +192,20 @@ class TowerConfig(Section):
         return self
 
 
-class _ModelBase(Section):
-    dim: int = Field(64, gt=0)
-    item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
-
-
-class BPRConfig(_ModelBase):
-    name: Literal["bpr"]
+class BPRParams(Section):
     reg_weight: float = Field(0.01, ge=0)
 
 
-class VBPRConfig(_ModelBase):
-    name: Literal["vbpr"]
-    reg_weight: float = Field(2.0, ge=0)
+class VBPRParams(Section):
+    reg_weight: float = Field(2.0, ge=0)  # MMRec's default for VBPR
 
 
-class LightGCNConfig(_ModelBase):
-    name: Literal["lightgcn"]
+class LightGCNParams(Section):
     n_layers: int = Field(1, ge=1)
     reg_weight: float = Field(0.01, ge=0)
 
 
-class FREEDOMConfig(_ModelBase):
-    name: Literal["freedom"]
+class FREEDOMParams(Section):
     n_ui_layers: int = Field(2, ge=1)
     n_mm_layers: int = Field(1, ge=1)
     knn_k: int = Field(10, ge=1)
@@ -223,7 +214,54 @@ class FREEDOMConfig(_ModelBase):
     feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
 
 
-ModelConfig = Annotated[BPRConfig | VBPRConfig | LightGCNConfig | FREEDOMConfig, Field(discriminator="name")]
+class TwoTowerParams(Section):
+    user: Literal["id", "history", "both"] = "id"  # user tower: id embedding, mean of history items, or both
+    user_mlp: list[Annotated[int, Field(gt=0)]] = []  # hidden widths of an MLP on the user vector
+    loss: Literal["in_batch", "sampled_softmax", "bpr"] = "in_batch"
+    logq: bool = True  # in_batch: subtract log item frequency (Yi et al. 2019)
+    temperature: float = Field(1.0, gt=0)  # logits = score / temperature; with normalize, try ~0.1
+    n_negatives: int = Field(64, ge=1)  # sampled_softmax: uniform negatives per positive
+    normalize: bool = False  # cosine scores; off by default: see pipeline/models/two_tower.py
+
+
+class SASRecParams(Section):
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(1, ge=1)  # must divide model.dim
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(50, ge=1)  # the most recent items of a user that the model reads
+    loss: Literal["bce", "sampled_softmax", "in_batch"] = "bce"  # bce: one sampled negative per position
+    n_negatives: int = Field(64, ge=1)  # sampled_softmax
+
+
+MODEL_PARAMS = {"bpr": BPRParams, "vbpr": VBPRParams, "lightgcn": LightGCNParams, "freedom": FREEDOMParams,
+                "two_tower": TwoTowerParams, "sasrec": SASRecParams}
+
+
+class ModelConfig(Section):
+    """``name`` picks the model; each model's own settings live in the section of its name, so one
+    config can hold settings for several models and ``model.name=...`` switches between them."""
+
+    name: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"]
+    dim: int = Field(64, gt=0)
+    item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
+    bpr: BPRParams = BPRParams()
+    vbpr: VBPRParams = VBPRParams()
+    lightgcn: LightGCNParams = LightGCNParams()
+    freedom: FREEDOMParams = FREEDOMParams()
+    two_tower: TwoTowerParams = TwoTowerParams()
+    sasrec: SASRecParams = SASRecParams()
+
+    @property
+    def params(self):
+        """The chosen model's own settings (``model.<name>``)."""
+        return getattr(self, self.name)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        # the item tower's width is model.dim or a multiple of it, so this is the check that matters
+        if self.name == "sasrec" and self.dim % self.sasrec.n_heads:
+            raise ValueError(f"model.sasrec.n_heads={self.sasrec.n_heads} must divide model.dim={self.dim}")
+        return self
 
 
 class TrainConfig(Section):

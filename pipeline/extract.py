@@ -2,16 +2,30 @@
 
 Only items whose (encoder fingerprint, content key) is not in the store yet are computed, so a
 re-run on unchanged data computes nothing and a killed run resumes where its last atomic write
-ended. Under ``accelerate launch`` the work is sharded across processes (rank r takes every
-world-th item) and every rank writes its own shards into the same feature set.
+ended. Under ``accelerate launch`` the work is sharded across processes (rank r computes every
+world-th missing item) and every rank writes its own shards into the same feature set.
+
+A warm re-run does not build the encoders at all: the link a run leaves per (encoder, field)
+(``features.write_link``) records the encoder config and a cheap stamp of the weights' files
+(:func:`weights_stamp`). When both still match and the store holds every current content key,
+the feature set is reported as reused without loading a model. Content keys of media files are
+remembered by file stat in ``<store>/content-keys/<data set>.json`` (:class:`ContentKeys`), so
+that check reads no item file either; a file whose stat changed is hashed again.
+
+Every catalog row lands in exactly one count: ``computed`` (its vector was computed by this
+run), ``reused`` (already stored), ``failed`` (bad input, masked under ``on_error: skip``) or
+``absent`` (no value for the field: a mask, nothing to compute).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +35,14 @@ from tqdm.auto import tqdm
 
 from .config import Config, EncoderConfig
 from .data import PreparedData
-from .errors import ConfigError, DataError
-from .features import content_keys, write_link
+from .errors import ConfigError, DataError, ModalrecError
+from .features import content_keys, link_path, write_link
+
+# A file changed within this long before its stat may change again without a new mtime (a
+# coarse filesystem clock): its key is used but not remembered ("racy git" rule).
+RACY_NS = 2_000_000_000
+_KEYS_FORMAT = 1
+_STAMP_FORMAT = 1
 
 
 @dataclass
@@ -40,6 +60,7 @@ class ExtractResult:
     failed: int = 0
     absent: int = 0  # catalog rows with no value for the field (a mask, nothing to compute)
     seconds: float = 0.0
+    encoder_built: bool = True  # False: the warm path proved everything stored without loading weights
     failures: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -51,8 +72,240 @@ class ExtractResult:
             "encoder": self.encoder, "field": self.field, "spec": self.spec, "fingerprint": self.fingerprint,
             "dim": self.dim, "items": self.items, "computed": self.computed, "reused": self.reused,
             "failed": self.failed, "absent": self.absent, "seconds": round(self.seconds, 3),
-            "items_per_second": round(self.items_per_second, 1), "failures": self.failures,
+            "items_per_second": round(self.items_per_second, 1), "encoder_built": self.encoder_built,
+            "failures": self.failures,
         }
+
+
+# ---------------------------------------------------------------- content keys, remembered by stat
+
+
+class ContentKeys:
+    """Content keys of catalog values; media file hashes are remembered by (size, mtime, ctime,
+    inode) in a small JSON sidecar, so an unchanged file is stat'ed, not read."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.files: dict[str, list] = {}
+        self.seen: set[str] = set()
+        self.unreadable: dict[str, str] = {}  # path -> why, for files that exist but cannot be read
+        self.dirty = False
+        try:
+            body = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(body, dict) and body.get("format") == _KEYS_FORMAT and isinstance(body.get("files"), dict):
+                self.files = body["files"]
+        except (OSError, ValueError):
+            pass  # no sidecar yet, or a damaged one: everything is hashed again
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> "ContentKeys":
+        return cls(cfg.features_dir / "content-keys" / f"{cfg.data.name}.json")
+
+    def keys(self, values: list[str | None], modality: str) -> list[str | None]:
+        if modality == "text":
+            return content_keys(values, "text")
+        now = time.time_ns()
+        out: list[str | None] = []
+        for value in values:
+            if value is None:
+                out.append(None)
+                continue
+            self.seen.add(value)
+            try:
+                st = os.stat(value)
+            except FileNotFoundError:
+                out.append(None)  # a vanished file: bad input, reported by the caller
+                continue
+            except OSError as e:
+                self.unreadable[value] = f"cannot read {value}: {e.strerror or e}"
+                out.append(None)
+                continue
+            stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            known = self.files.get(value)
+            if isinstance(known, list) and len(known) == 5 and known[:4] == stat:
+                out.append(known[4])
+                continue
+            try:
+                with open(value, "rb") as fh:  # the same key as store.content_key_file, with less copying
+                    key = hashlib.file_digest(fh, "sha256").hexdigest()
+            except FileNotFoundError:
+                key = None
+            except OSError as e:  # a directory, no permission, an I/O error: bad input too
+                self.unreadable[value] = f"cannot read {value}: {e.strerror or e}"
+                out.append(None)
+                continue
+            out.append(key)
+            if key is not None and now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+                self.files[value] = stat + [key]
+                self.dirty = True
+            elif self.files.pop(value, None) is not None:
+                self.dirty = True
+        return out
+
+    def save(self, prune: bool = False) -> None:
+        """Write the sidecar; ``prune``: forget files not looked at since this object was made."""
+        if prune and len(self.seen) < len(self.files):
+            self.files = {k: v for k, v in self.files.items() if k in self.seen}
+            self.dirty = True
+        if not self.dirty:
+            return
+        from .store.files import is_temp, temp_is_abandoned, write_file_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"format": _KEYS_FORMAT, "files": self.files}, separators=(",", ":"))
+        write_file_atomic(self.path, body.encode("utf-8"))
+        self.dirty = False
+        for p in self.path.parent.iterdir():  # leftovers of a writer killed mid-save
+            if is_temp(p.name) and temp_is_abandoned(p, 3600.0):
+                p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- weights stamp
+
+
+def _stat_files(path: Path) -> list[list]:
+    """(relative path, size, mtime_ns) of a weights file or of every file a model folder holds;
+    READMEs and dot-files are left out, as in the fingerprint (``encoders.weights.sha256_tree``)."""
+    if path.is_file():
+        st = path.stat()
+        return [[path.name, st.st_size, st.st_mtime_ns]]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower().endswith(".md"):
+                continue
+            full = Path(dirpath) / name
+            st = full.stat()
+            out.append([full.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def weights_stamp(ec: EncoderConfig) -> str | None:
+    """A cheap stand-in for the encoder's fingerprint, taken without loading anything.
+
+    Local weights (a path in the spec, or a package that ships the weights): the stat of their
+    files. A library architecture with ``random_init``: the spec and library versions. Hub
+    weights, hub configs and backends not built in: None, and extraction builds the encoder to
+    learn its fingerprint.
+    """
+    from encoders.base import IDENTITY_FORMAT
+    from encoders.registry import _ALIASES, parse_spec
+    from encoders.weights import looks_local, packaged_weights
+
+    from .store import library_versions
+
+    try:
+        prefix, name = parse_spec(ec.spec)
+    except ModalrecError:
+        return None
+    prefix = _ALIASES.get(prefix, prefix)
+    if prefix not in ("timm", "hf", "hf-audio", "open_clip", "st"):
+        return None
+    parts = name.split("@") if prefix == "open_clip" else [name]
+    files: list[list] = []  # one group of (path, size, mtime_ns) per local weights path
+    architectures: list[str] = []  # built from library code (covered by the library versions)
+    for i, part in enumerate(parts):
+        packaged = packaged_weights(part if "/" in part else f"sentence-transformers/{part}") \
+            if prefix == "st" and not looks_local(part) else None
+        if part.startswith("hf-hub:"):
+            return None
+        if looks_local(part):
+            path = Path(os.path.expanduser(part)).resolve()
+            if not path.exists():
+                return None  # building the encoder gives the proper error
+            files.append(_stat_files(path))
+        elif packaged is not None:
+            files.append(_stat_files(packaged))
+        elif (prefix == "timm" and ec.random_init) or \
+                (prefix == "open_clip" and i == 0 and (ec.random_init or len(parts) > 1)):
+            architectures.append(part)  # open_clip: its own config, with local weights after the '@'
+        else:
+            return None
+    now = time.time_ns()
+    if any(now - mtime < RACY_NS for group in files for _, _, mtime in group):
+        return None  # weights written just now may be rewritten within one clock tick
+    body = {"format": _STAMP_FORMAT, "identity_format": IDENTITY_FORMAT, "versions": library_versions(),
+            "spec": ec.spec, "random_init": ec.random_init, "files": files, "architectures": architectures}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass
+class _Plan:
+    """What one feature set lacks for the current catalog."""
+
+    todo: list[int]  # one catalog row per content key still to compute
+    rows_of: dict[str, list[int]]  # content key -> catalog rows that share it
+    reused: int
+    absent: int
+    failed: list[tuple[int, str]]  # rows that fail before computing: vanished files, recorded failures
+
+
+def _plan(fs, values: list, keys: list[str | None], on_error: str,
+          unreadable: dict[str, str] | None = None) -> _Plan:
+    rows_of: dict[str, list[int]] = {}
+    absent = 0
+    failed: list[tuple[int, str]] = []
+    for i, (v, k) in enumerate(zip(values, keys)):
+        if k is not None:
+            rows_of.setdefault(k, []).append(i)
+        elif v is None:
+            absent += 1
+        else:
+            # a file that vanished (or cannot be read) is bad input, not an absent value
+            failed.append((i, (unreadable or {}).get(v) or f"file not found: {v}"))
+    unique = list(rows_of)
+    retry = on_error == "error"  # a policy of "error" wants every item: earlier failures are tried again
+    missing = {unique[j] for j in fs.missing(unique, retry_failed=retry)}
+    recorded = {} if retry else fs.failed()
+    todo, reused = [], 0
+    for k, rows in rows_of.items():
+        if k in missing:
+            todo.append(rows[0])
+        elif k in recorded:
+            failed.extend((r, recorded[k]) for r in rows)
+        else:
+            reused += len(rows)
+    failed.sort()
+    return _Plan(todo, rows_of, reused, absent, failed)
+
+
+def _values(prepared: PreparedData, field_name: str) -> list:
+    items = prepared.items
+    if getattr(items, "_indices", None) is not None:  # a selection of rows: go through datasets
+        return list(items[field_name])
+    return items.data.column(field_name).to_pylist()  # straight from the Arrow column: fast
+
+
+def _failure_records(failed: list[tuple[int, str]], item_ids: list, values: list) -> list[dict[str, str]]:
+    return [{"item_id": item_ids[r], "row": r, "value": values[r], "reason": why} for r, why in failed]
+
+
+def _input_error(name: str, field_name: str, row: int, reason: str, item_ids: list, values: list,
+                 modality: str, computed: int) -> DataError:
+    where = "" if modality == "text" or str(values[row]) in reason else f" (file {values[row]})"
+    return DataError(
+        f"encoders.{name}: item {item_ids[row]!r} (catalog row {row}), field {field_name!r}{where}: {reason}. "
+        f"Fix the input or set encoders.{name}.on_error=skip to mask it; "
+        f"{computed} items computed before it are kept in the store")
+
+
+def _record_failed(fs, keys: list, values: list, failed: list[tuple[int, str]]) -> None:
+    """Keep a record of bad inputs (for ``store info`` and later runs), once per key and reason."""
+    known = fs.failed()
+    todo = {}
+    for r, why in failed:
+        key = keys[r] if keys[r] is not None else f"path:{values[r]}"
+        if known.get(key) != why:
+            todo[key] = why
+    if todo:
+        fs.write_failed(list(todo), list(todo.values()))
+
+
+# ---------------------------------------------------------------- computing
 
 
 class _Items(Dataset):
@@ -108,45 +361,37 @@ def _modality_of(prepared: PreparedData, name: str, ec: EncoderConfig) -> str:
     return modalities.pop()
 
 
-def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str, prepared: PreparedData,
-                  cfg: Config, accelerator) -> ExtractResult:
-    """Compute the missing rows of one feature set; return what was computed, reused, failed."""
-    started = time.perf_counter()
-    values = prepared.items[field_name]
-    item_ids = prepared.items["item_id"]
-    keys = content_keys(values, encoder.modality)
-    fs = store.open_set(encoder.fingerprint, field_name, dim=encoder.dim, dtype=cfg.extract.storage_dtype,
-                        spec=ec.spec, identity=encoder.identity())
-    result = ExtractResult(name, field_name, ec.spec, encoder.fingerprint, encoder.dim, len(values))
-    result.absent = sum(k is None for k in keys)
+def _warm_up(preprocess, value) -> None:
+    """Decode one item in this process first: decoders import their libraries on first use
+    (scipy.signal alone takes over a second), and forked workers then inherit them instead of
+    each paying for the import again on every run."""
+    from encoders import EncoderInputError
 
-    # A file that vanished has no content key either: it is bad input, not an absent value.
-    vanished = [i for i, (v, k) in enumerate(zip(values, keys)) if v is not None and k is None]
-    present = [i for i, k in enumerate(keys) if k is not None]
-    first_of_key: dict[str, int] = {}
-    for i in present:
-        first_of_key.setdefault(keys[i], i)  # identical content is computed once
-    unique_rows = list(first_of_key.values())
-    todo_idx = fs.missing([keys[i] for i in unique_rows])
-    todo = [unique_rows[j] for j in todo_idx]
-    todo_keys = {keys[r] for r in todo}
-    result.reused = sum(1 for i in present if keys[i] not in todo_keys)
-    result.absent -= len(vanished)
-    failures = [(i, f"file not found: {values[i]}") for i in vanished]
+    with contextlib.suppress(EncoderInputError):
+        preprocess(value)
 
-    mine = todo[accelerator.process_index :: accelerator.num_processes]
+
+def _encode(encoder, fs, values: list, keys: list, rows: list[int], rows_of: dict[str, list[int]], desc: str,
+            cfg: Config, on_error: str, accelerator) -> tuple[int, list[tuple[int, str]]]:
+    """Encode ``rows`` (this rank's share), writing every ``flush_every`` rows; returns (rows
+    computed including rows that share a computed key, failures). With ``on_error: error`` it
+    stops after the batch holding the first bad item, keeping the good rows of that batch."""
     device = accelerator.device
-    encoder.to(device).eval()
+    workers = cfg.extract.num_workers if len(rows) > cfg.extract.batch_size else 0
+    if workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers tokenize one at a time
+        _warm_up(encoder.preprocess, values[rows[0]])
     loader = DataLoader(
-        _Items(encoder, [values[i] for i in mine], mine),
+        _Items(encoder, [values[i] for i in rows], rows),
         batch_size=cfg.extract.batch_size,
-        num_workers=cfg.extract.num_workers,
+        num_workers=workers,
         collate_fn=_Collate(encoder),
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
     pending_keys: list[str] = []
     pending_vecs: list[np.ndarray] = []
+    computed = 0
+    failures: list[tuple[int, str]] = []
 
     def flush():
         if pending_keys:
@@ -154,43 +399,97 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
             pending_keys.clear()
             pending_vecs.clear()
 
-    bar = tqdm(total=len(mine), desc=f"{name}:{field_name}", unit="item", disable=not accelerator.is_local_main_process,
+    encoder.to(device).eval()
+    bar = tqdm(total=len(rows), desc=desc, unit="item", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
-    computed = 0
     try:
         with torch.inference_mode():
-            for rows, batch, failed in loader:
-                failures.extend(failed)
-                if failed and ec.on_error == "error":
-                    break
+            for batch_rows, batch, failed in loader:
+                for row, why in failed:
+                    failures.extend((r, why) for r in rows_of[keys[row]])
                 if batch is not None:
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                     with _autocast(device, cfg.extract.precision):
                         out = encoder(batch)
-                    pending_keys.extend(keys[r] for r in rows)
+                    pending_keys.extend(keys[r] for r in batch_rows)
                     pending_vecs.append(out.float().cpu().numpy())
-                    computed += len(rows)
+                    computed += sum(len(rows_of[keys[r]]) for r in batch_rows)
                     if len(pending_keys) >= cfg.extract.flush_every:
                         flush()
-                bar.update(len(rows) + len(failed))
-        flush()  # finished work is kept even when a bad item stops the run below
+                bar.update(len(batch_rows) + len(failed))
+                if failed and on_error == "error":
+                    break
     finally:
+        flush()  # finished work is kept, whatever stops the loop
         bar.close()
+    return computed, failures
 
-    if failures and ec.on_error == "error":
-        row, reason = failures[0]
-        raise DataError(
-            f"encoders.{name}: item {item_ids[row]!r} (catalog row {row}), field {field_name!r}: {reason}. "
-            f"Fix the input or set encoders.{name}.on_error=skip to mask it; "
-            f"{computed} items computed before it are kept in the store"
-        )
-    if failures:
-        fs.write_failed([keys[r] if keys[r] else f"path:{values[r]}" for r, _ in failures], [r for _, r in failures])
+
+def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str, prepared: PreparedData,
+                  cfg: Config, accelerator, keys: list[str | None] | None = None,
+                  unreadable: dict[str, str] | None = None) -> ExtractResult:
+    """Compute the missing rows of one feature set (this rank's share); every rank returns the
+    merged counts of all ranks."""
+    started = time.perf_counter()
+    values = _values(prepared, field_name)
+    item_ids = _values(prepared, "item_id")
+    keys = content_keys(values, encoder.modality) if keys is None else keys
+    fs = store.open_set(encoder.fingerprint, field_name, dim=encoder.dim, dtype=cfg.extract.storage_dtype,
+                        spec=ec.spec, identity=encoder.identity())
+    plan = _plan(fs, values, keys, ec.on_error, unreadable)
+    accelerator.wait_for_everyone()  # every rank has planned from the same store state before any writes
+    main = accelerator.is_main_process
+    result = ExtractResult(name, field_name, ec.spec, encoder.fingerprint, encoder.dim, len(values),
+                           reused=plan.reused if main else 0, absent=plan.absent)
+    if plan.failed and ec.on_error == "error":  # the same on every rank: all stop before computing
+        row, reason = plan.failed[0]
+        raise _input_error(name, field_name, row, reason, item_ids, values, encoder.modality, 0)
+
+    mine = plan.todo[accelerator.process_index :: accelerator.num_processes]
+    computed, failures = 0, []
+    if mine:
+        computed, failures = _encode(encoder, fs, values, keys, mine, plan.rows_of, f"{name}:{field_name}", cfg,
+                                     ec.on_error, accelerator)
+    if ec.on_error == "skip":
+        _record_failed(fs, keys, values, (plan.failed if main else []) + failures)
     result.computed = computed
-    result.failed = len(failures)
-    result.failures = [{"item_id": item_ids[r], "value": values[r], "reason": why} for r, why in failures]
+    result.failures = _failure_records(sorted((plan.failed if main else []) + failures), item_ids, values)
+    result.failed = len(result.failures)
     result.seconds = time.perf_counter() - started
+    result = _merge_ranks(result, accelerator)
+    if result.failed and ec.on_error == "error":
+        first = result.failures[0]
+        raise _input_error(name, field_name, first["row"], first["reason"], item_ids, values, encoder.modality,
+                           result.computed)
     return result
+
+
+def _reuse(store, cfg: Config, name: str, ec: EncoderConfig, field_name: str, values: list,
+           keys: list[str | None], stamp: str | None, item_ids: list,
+           unreadable: dict[str, str] | None = None) -> ExtractResult | None:
+    """The warm path: a result without building the encoder, or None when that cannot be proved."""
+    from .store import FeatureSet
+    from .store.keys import set_name
+
+    started = time.perf_counter()
+    if stamp is None:
+        return None
+    try:
+        link = json.loads(link_path(cfg, name, field_name).read_text(encoding="utf-8"))
+        if link.get("stamp") != stamp or link.get("encoder") != ec.model_dump(mode="json"):
+            return None
+        fs = FeatureSet(store.root / set_name(link["fingerprint"], field_name))
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+    if fs.fingerprint != link["fingerprint"] or fs.dtype != cfg.extract.storage_dtype:
+        return None
+    plan = _plan(fs, values, keys, ec.on_error, unreadable)
+    if plan.todo or (plan.failed and ec.on_error == "error"):
+        return None
+    return ExtractResult(name, field_name, ec.spec, fs.fingerprint, fs.dim, len(values), reused=plan.reused,
+                         failed=len(plan.failed), absent=plan.absent, encoder_built=False,
+                         failures=_failure_records(plan.failed, item_ids, values),
+                         seconds=time.perf_counter() - started)
 
 
 def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[ExtractResult]:
@@ -206,18 +505,43 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[Extra
     if cfg.extract.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     store = FeatureStore(cfg.features_dir)
+    key_cache = ContentKeys.for_config(cfg)
+    item_ids = _values(prepared, "item_id")
     results = []
     for name, ec in cfg.encoders.items():
         modality = _modality_of(prepared, name, ec)
+        stamp = weights_stamp(ec)  # taken before any weights are read: a later change is seen next run
+        values = {f: _values(prepared, f) for f in ec.fields}
+        keys = {f: key_cache.keys(values[f], modality) for f in ec.fields}
+        if accelerator.is_main_process:
+            key_cache.save()
+        warm = [_reuse(store, cfg, name, ec, f, values[f], keys[f], stamp, item_ids, key_cache.unreadable)
+                for f in ec.fields]
+        if _everywhere(all(r is not None for r in warm), accelerator):
+            results.extend(warm)
+            continue
         encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
                                   random_init=ec.random_init, **ec.options)
         for field_name in ec.fields:
-            res = extract_field(store, encoder, name, ec, field_name, prepared, cfg, accelerator)
+            res = extract_field(store, encoder, name, ec, field_name, prepared, cfg, accelerator, keys[field_name],
+                                key_cache.unreadable)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                write_link(cfg, name, field_name, encoder.fingerprint)
-            results.append(_merge_ranks(res, accelerator))
+                write_link(cfg, name, field_name, encoder.fingerprint, stamp=stamp)
+            results.append(res)
+        del encoder
+    if accelerator.is_main_process:
+        key_cache.save(prune=True)
     return results
+
+
+def _everywhere(ok: bool, accelerator) -> bool:
+    """True only if ``ok`` on every rank (all ranks must take the same path through collectives)."""
+    if accelerator.num_processes == 1:
+        return ok
+    from accelerate.utils import gather_object
+
+    return all(gather_object([ok]))
 
 
 def _merge_ranks(res: ExtractResult, accelerator) -> ExtractResult:
@@ -228,7 +552,8 @@ def _merge_ranks(res: ExtractResult, accelerator) -> ExtractResult:
 
     parts = gather_object([res])
     res.computed = sum(p.computed for p in parts)
-    res.failures = [f for p in parts for f in p.failures]
+    res.reused = sum(p.reused for p in parts)  # counted by the main process only
+    res.failures = sorted((f for p in parts for f in p.failures), key=lambda f: f["row"])
     res.failed = len(res.failures)
     res.seconds = max(p.seconds for p in parts)
     return res

@@ -32,10 +32,13 @@ def link_path(cfg: Config, encoder: str, field: str) -> Path:
     return cfg.features_dir / "links" / cfg.data.name / f"{encoder}.{field}.json"
 
 
-def write_link(cfg: Config, encoder: str, field: str, fingerprint: str) -> None:
+def write_link(cfg: Config, encoder: str, field: str, fingerprint: str, stamp: str | None = None) -> None:
+    """``stamp``: a cheap stand-in for the weights (``extract.weights_stamp``); with the encoder
+    config it lets a re-run prove everything is stored without loading the model."""
     path = link_path(cfg, encoder, field)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"fingerprint": fingerprint, "field": field, "encoder": cfg.encoders[encoder].model_dump(mode="json")}
+    body = {"fingerprint": fingerprint, "field": field, "encoder": cfg.encoders[encoder].model_dump(mode="json"),
+            "stamp": stamp}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
     tmp.replace(path)
@@ -56,7 +59,8 @@ def _resolve(cfg: Config, data: PreparedData, name: str, store):
     item_ids = data.items["item_id"]
     if src.mmrec is not None:
         path = cfg.data.root / src.mmrec
-        (fs,) = store.import_mmrec(path).values()  # row i = MMRec item i; importing again stores nothing
+        # row i of the file is catalog item i (MMRec's itemID i); importing again stores nothing
+        (fs,) = store.import_mmrec(path, item_ids=item_ids, field=name).values()
         return fs, mmrec_keys(fs, item_ids)
     field = src.field or cfg.encoders[src.encoder].fields[0]
     link = link_path(cfg, src.encoder, field)
@@ -71,7 +75,9 @@ def _resolve(cfg: Config, data: PreparedData, name: str, store):
     if not matches:
         raise DataError(f"features.{name}: feature set {record['fingerprint'][:12]}/{field} is gone from "
                         f"{cfg.features_dir}; run `modalrec extract CONFIG` again")
-    return matches[0], content_keys(data.items[field], _modality(data, field))
+    from .extract import ContentKeys  # file keys remembered by stat; an unreadable file is a mask
+
+    return matches[0], ContentKeys.for_config(cfg).keys(list(data.items[field]), _modality(data, field))
 
 
 def load_features(cfg: Config, data: PreparedData, names: list[str] | None = None) -> dict:

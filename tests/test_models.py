@@ -54,7 +54,7 @@ def popularity(data):
 @pytest.mark.parametrize("model", ["bpr", "lightgcn", "vbpr", "freedom"])
 def test_each_model_beats_popularity_on_warm_items(demo, model):
     # VBPR's MMRec default reg_weight (2.0) is tuned for Amazon data; the small demo wants less
-    r = run(demo, f"model.name={model}", *(["model.reg_weight=0.01"] if model == "vbpr" else []))
+    r = run(demo, f"model.name={model}", *(["model.vbpr.reg_weight=0.01"] if model == "vbpr" else []))
     pop = popularity(demo[1])
     # measured: popularity 0.325; bpr 0.37-0.39, lightgcn 0.46, vbpr 0.38, freedom 0.47
     assert r["test"]["warm/recall@20"] > 1.1 * pop["warm/recall@20"], (r["test"]["warm/recall@20"], pop)
@@ -63,7 +63,7 @@ def test_each_model_beats_popularity_on_warm_items(demo, model):
 
 def test_content_beats_ids_on_cold_items(demo):
     ids = run(demo, "model.name=bpr")
-    content = run(demo, "model.name=vbpr", "model.reg_weight=0.01")
+    content = run(demo, "model.name=vbpr", "model.vbpr.reg_weight=0.01")
     assert content["test"]["cold/recall@20"] > 2 * ids["test"]["cold/recall@20"] + 0.02, (
         content["test"]["cold/recall@20"], ids["test"]["cold/recall@20"])
 
@@ -107,7 +107,7 @@ def test_run_directory_contents(demo, tmp_path):
 
 def test_unknown_model_and_missing_features(demo):
     overrides = demo[0]
-    with pytest.raises(ConfigError, match=r"model.*'resnet'.*'bpr'"):
+    with pytest.raises(ConfigError, match=r"model.name: Input should be 'bpr'.*\(got 'resnet'\)"):
         load_config(DEMO, [*overrides, "model.name=resnet"])
     with pytest.raises(ConfigError, match=r"model.item_tower.features: 'nope' is not in `features`"):
         load_config(DEMO, [*overrides, "model.name=bpr", "model.item_tower.features=[nope]"])
@@ -125,3 +125,11 @@ def test_negative_sampling_avoids_training_items():
     assert not index.contains(np.repeat(users, 3), neg.reshape(-1)).any()
     # uniform over the allowed items: every allowed item shows up
     assert len(np.unique(neg)) == 40
+
+
+def test_model_settings_live_under_the_model_name(demo):
+    overrides = demo[0]
+    cfg = load_config(DEMO, [*overrides, "model.name=freedom", "model.freedom.dropout=0.5", "model.bpr.reg_weight=3"])
+    assert cfg.model.params.dropout == 0.5 and cfg.model.bpr.reg_weight == 3
+    with pytest.raises(ConfigError, match=r"model\.freedom\.dropot: unknown key"):
+        load_config(DEMO, [*overrides, "model.freedom.dropot=0.5"])

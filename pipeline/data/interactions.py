@@ -54,8 +54,8 @@ def read_interactions(cfg: InteractionsConfig, data_root: Path) -> RawInteractio
     df = read_table(path, "tsv" if cfg.format == "mmrec" else cfg.format, cfg.encoding, "data.interactions.path")
     if cfg.format == "mmrec":
         cfg = mmrec_columns(cfg, list(df.columns))
-    wanted = {"data.interactions.user": cfg.user, "data.interactions.item": cfg.item}
-    for key in ("timestamp", "rating", "label"):
+    wanted = {"data.interactions.item": cfg.item}
+    for key in ("user", "timestamp", "rating", "label"):
         if getattr(cfg, key) is not None:
             wanted[f"data.interactions.{key}"] = getattr(cfg, key)
     require_columns(df, wanted, path)
@@ -69,7 +69,8 @@ def read_interactions(cfg: InteractionsConfig, data_root: Path) -> RawInteractio
         label = label_f.astype(np.int8)
     return RawInteractions(
         path=path,
-        users=require_values(df, cfg.user, path),
+        users=require_values(df, cfg.user, path) if cfg.user is not None  # else: row numbers, from 1
+        else np.arange(1, len(df) + 1).astype(str).astype(object),
         items=require_values(df, cfg.item, path),
         timestamp=None if cfg.timestamp is None else _parse_timestamps(df, cfg.timestamp, cfg.timestamp_format, path),
         rating=None if cfg.rating is None else to_numbers(df, cfg.rating, path, "rating"),

@@ -76,6 +76,7 @@ def prepare(cfg: Config, progress: bool = True) -> PreparedData:
         "user": pairs.user.astype(np.int32),
         "item": pairs.item.astype(np.int32),
         "count": pairs.count.astype(np.int32),
+        "order": pairs.order,  # first raw row of the pair: the interaction order without timestamps
         "split": split,
     }
     if pairs.timestamp is not None:

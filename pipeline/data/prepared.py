@@ -4,7 +4,7 @@ Layout of a prepared directory (all tables are HF datasets, Arrow files memory-m
 
     items/          catalog: row i = item index i (item_id + text / image / audio fields)
     users/          row u = user index u (user_id)
-    interactions/   distinct pairs: user, item, count, split (0/1/2) [, timestamp, rating]
+    interactions/   distinct pairs: user, item, count, order, split (0/1/2) [, timestamp, rating]
     config.yaml     the resolved config that produced it
     meta.json       rows read, rows dropped and why, modality fields, input file fingerprints
     stats.json      what ``modalrec data stats`` prints
@@ -26,7 +26,7 @@ from ..errors import DataError
 from .splits import SPLIT_NAMES
 
 MARKER = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass

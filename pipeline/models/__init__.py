@@ -18,9 +18,11 @@ from .freedom import FREEDOM
 from .graphs import cached_knn_graph
 from .lightgcn import LightGCN
 from .mf import MF
+from .sasrec import SASRec
 from .towers import CombinedTower, FeatureTower, IdTower, ItemTower
+from .two_tower import TwoTower
 
-MODELS = ("bpr", "vbpr", "lightgcn", "freedom")
+MODELS = ("bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec")
 
 
 @dataclass
@@ -53,18 +55,22 @@ def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path,
     """The recommender named by ``model.name`` with its item tower, for a ``PreparedData``."""
     n_users, n_items = data.n_users, data.n_items
     users, items = data.pairs("train")
+    p = mcfg.params
     if mcfg.name in ("bpr", "vbpr"):
         init = "xavier_normal" if mcfg.name == "bpr" else "xavier_uniform"
-        return MF(n_users, _tower(mcfg, n_items, features, init), reg_weight=mcfg.reg_weight, user_init=init)
+        return MF(n_users, _tower(mcfg, n_items, features, init), reg_weight=p.reg_weight, user_init=init)
+    if mcfg.name in ("two_tower", "sasrec"):
+        model_cls = TwoTower if mcfg.name == "two_tower" else SASRec
+        return model_cls.build(p, data, _tower(mcfg, n_items, features, "xavier_normal"))
     if mcfg.name == "lightgcn":
         return LightGCN(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items,
-                        n_layers=mcfg.n_layers, reg_weight=mcfg.reg_weight)
+                        n_layers=p.n_layers, reg_weight=p.reg_weight)
     if not features:
         raise ConfigError("model freedom builds its item-item graph from features: add a `features` section")
-    weights = mcfg.feature_weights or {n: 1.0 / len(features) for n in features}
+    weights = p.feature_weights or {n: 1.0 / len(features) for n in features}
     unknown = sorted(set(weights) - set(features))
     if unknown:
-        raise ConfigError(f"model.feature_weights: {unknown} not in `features` ({sorted(features)})")
+        raise ConfigError(f"model.freedom.feature_weights: {unknown} not in `features` ({sorted(features)})")
     used = {n: features[n] for n in weights}
     # a missing row has no neighbours to speak of: fill with the mean so it links to typical items
     filled = {}
@@ -73,10 +79,10 @@ def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path,
         if (~f.mask).any() and f.mask.any():
             x[~f.mask] = x[f.mask].mean(dim=0)
         filled[n] = x
-    graph = cached_knn_graph(cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights, mcfg.knn_k)
+    graph = cached_knn_graph(cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights, p.knn_k)
     return FREEDOM(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items, graph, filled,
-                   n_ui_layers=mcfg.n_ui_layers, n_mm_layers=mcfg.n_mm_layers, dropout=mcfg.dropout,
-                   reg_weight=mcfg.reg_weight, seed=seed)
+                   n_ui_layers=p.n_ui_layers, n_mm_layers=p.n_mm_layers, dropout=p.dropout,
+                   reg_weight=p.reg_weight, seed=seed)
 
 
 __all__ = ["MODELS", "LoadedFeature", "Recommender", "build_model"]

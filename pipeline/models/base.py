@@ -79,6 +79,28 @@ def sampled_softmax(user_vecs: torch.Tensor, pos_vecs: torch.Tensor, neg_vecs: t
     return F.cross_entropy(logits, torch.zeros(len(user_vecs), dtype=torch.long, device=logits.device))
 
 
+class _SpMM(torch.autograd.Function):
+    """``a @ x`` whose backward uses a precomputed ``a_t`` (torch would transpose ``a`` per call)."""
+
+    @staticmethod
+    def forward(ctx, a, a_t, x):
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+
+def spmm(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sparse ``a`` times dense ``x``, differentiable in ``x``; ``a_t`` is ``a`` transposed."""
+    return _SpMM.apply(a, a_t, x)
+
+
+def sparse_transpose(a: torch.Tensor) -> torch.Tensor:
+    return a.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
 def normalized_bipartite(users: np.ndarray, items: np.ndarray, n_users: int,
                          n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """D^-1/2 A D^-1/2 of the user-item graph, as two CSR blocks (users x items and its transpose).

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .base import Recommender, normalized_bipartite
+from .base import Recommender, normalized_bipartite, sparse_transpose, spmm
 from .graphs import prune_edges
 from .lightgcn import propagate
 from .towers import ItemTower
@@ -36,6 +36,7 @@ class FREEDOM(Recommender):
         self.register_buffer("r", r, persistent=False)
         self.register_buffer("rt", rt, persistent=False)
         self.register_buffer("item_graph", item_graph, persistent=False)
+        self.register_buffer("item_graph_t", sparse_transpose(item_graph), persistent=False)
         self.epoch_r, self.epoch_rt = r, rt
         self.seed = seed
         self.generator = torch.Generator()
@@ -57,7 +58,7 @@ class FREEDOM(Recommender):
         items0 = self.item_tower()
         h = items0
         for _ in range(self.n_mm_layers):
-            h = torch.sparse.mm(self.item_graph, h)
+            h = spmm(self.item_graph, self.item_graph_t, h)
         users, items = propagate(self.user.weight, items0, r, rt, self.n_ui_layers)
         return users, items + h
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Recommender, bpr_loss, emb_loss, normalized_bipartite
+from .base import Recommender, bpr_loss, emb_loss, normalized_bipartite, spmm
 from .towers import ItemTower
 
 
@@ -20,7 +20,7 @@ def propagate(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: t
     u_sum, i_sum = users0, items0
     u, i = users0, items0
     for _ in range(n_layers):
-        u, i = torch.sparse.mm(r, i), torch.sparse.mm(rt, u)
+        u, i = spmm(r, rt, i), spmm(rt, r, u)
         u_sum, i_sum = u_sum + u, i_sum + i
     return u_sum / (n_layers + 1), i_sum / (n_layers + 1)
 

@@ -23,7 +23,7 @@ def needed_features(cfg: Config) -> list[str]:
     elif m.name == "vbpr":
         names += list(cfg.features)
     if m.name == "freedom":
-        names += list(m.feature_weights or cfg.features)
+        names += list(m.freedom.feature_weights or cfg.features)
     return list(dict.fromkeys(names))
 
 
