@@ -9,7 +9,7 @@ all-MiniLM-L6-v2, audio: wav2vec2-demo random-init) on generated demo data:
   beforehand (same batch size), under ``torch.inference_mode``; nothing else.
 
 Both count only encoding time (the model is built once, before either). The two alternate for
-``--repeats`` rounds; the ratio is best against best (the machine may be shared).
+``--repeats`` rounds; the ratio is given best against best and median against median.
 
     python benchmarks/extract_speed.py                 # 1000 demo items
     python benchmarks/extract_speed.py --items 300 --repeats 1
@@ -77,9 +77,9 @@ def main() -> None:
     import os
     import statistics
 
-    import encoders
     from accelerate import Accelerator
 
+    import encoders
     from pipeline.config import load_config
     from pipeline.data import prepare
     from pipeline.extract import _modality_of
@@ -92,8 +92,9 @@ def main() -> None:
         print(f"{len(prepared.items)} demo items, batch_size {cfg.extract.batch_size}, "
               f"num_workers {cfg.extract.num_workers}, torch threads {torch.get_num_threads()}, "
               f"{args.repeats} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'encoder':<8} {'spec':<24} {'decode':>7} {'bare items/s':>18} {'extract items/s':>18} {'ratio':>6}")
-        print(f"{'':<8} {'':<24} {'ms/item':>7} {'best / median':>18} {'best / median':>18} {'best':>6}")
+        print(f"{'encoder':<8} {'spec':<24} {'decode':>7} {'bare items/s':>18} {'extract items/s':>18} "
+              f"{'ratio':>14}")
+        print(f"{'':<8} {'':<24} {'ms/item':>7} {'best / median':>18} {'best / median':>18} {'best / median':>14}")
         for name in args.encoders.split(","):
             ec = cfg.encoders[name]
             encoder = encoders.create(ec.spec, modality=_modality_of(prepared, name, ec),
@@ -111,7 +112,8 @@ def main() -> None:
             decode = decode_ms_per_item(encoder, values[:200])
             spec = ec.spec if len(ec.spec) <= 24 else "..." + ec.spec[-21:]
             print(f"{name:<8} {spec:<24} {decode:>7.2f} {max(bare):>8.1f} / {statistics.median(bare):>7.1f} "
-                  f"{max(ours):>8.1f} / {statistics.median(ours):>7.1f} {max(ours) / max(bare):>5.2f}x", flush=True)
+                  f"{max(ours):>8.1f} / {statistics.median(ours):>7.1f} {max(ours) / max(bare):>6.2f}x / "
+                  f"{statistics.median(ours) / statistics.median(bare):.2f}x", flush=True)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

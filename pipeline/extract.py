@@ -98,7 +98,7 @@ class ContentKeys:
             pass  # no sidecar yet, or a damaged one: everything is hashed again
 
     @classmethod
-    def for_config(cls, cfg: Config) -> "ContentKeys":
+    def for_config(cls, cfg: Config) -> ContentKeys:
         return cls(cfg.features_dir / "content-keys" / f"{cfg.data.name}.json")
 
     def keys(self, values: list[str | None], modality: str) -> list[str | None]:
@@ -494,8 +494,9 @@ def _reuse(store, cfg: Config, name: str, ec: EncoderConfig, field_name: str, va
 
 def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[ExtractResult]:
     """Run every encoder of ``cfg.encoders`` over its fields; returns one result per feature set."""
-    import encoders
     from accelerate import Accelerator
+
+    import encoders
 
     from .store import FeatureStore
 

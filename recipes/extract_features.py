@@ -5,6 +5,11 @@ object. Computes only what the store lacks, so a second run computes nothing.
     python recipes/extract_features.py recipes/configs/hm.yaml
     python recipes/extract_features.py recipes/configs/emotify.yaml extract.batch_size=4 --json
     accelerate launch recipes/extract_features.py recipes/configs/hm.yaml   # items sharded over GPUs
+
+Several CPU processes on one machine (accelerate's --cpu alone wants MPI; this uses gloo):
+
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 \
+        recipes/extract_features.py recipes/configs/hm.yaml
 """
 
 import sys

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import encoder_fixtures as fx  # noqa: E402
-from conftest import REPO, write_config  # noqa: E402
+import encoder_fixtures as fx
+from conftest import REPO, write_config
 
 N = 10  # items in the tiny catalog
 PAST = 1_000_000_000_000  # ns: backdated mtimes are older than the racy-stat window
@@ -143,6 +143,13 @@ def run_extract(capsys, cfg: Path, *overrides) -> tuple[int, dict | None, str]:
     return code, (json.loads(out) if code == 0 else None), err
 
 
+def ok(capsys, cfg: Path, *overrides) -> dict:
+    """`modalrec extract CFG --json` that must succeed: its JSON."""
+    code, out, err = run_extract(capsys, cfg, *overrides)
+    assert code == 0, err
+    return out
+
+
 def by_encoder(out: dict) -> dict[str, dict]:
     sets = {f["encoder"]: f for f in out["feature_sets"]}
     for f in sets.values():  # every catalog row is counted exactly once
@@ -152,7 +159,7 @@ def by_encoder(out: dict) -> dict[str, dict]:
 
 def cli(*args, cwd=REPO, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
+                          cwd=cwd, timeout=timeout, env=env, check=False)
 
 
 def stored(cfg_path: Path, encoder: str, field: str | None = None):
@@ -213,7 +220,7 @@ def test_first_run_computes_all_second_run_computes_nothing(setup, capsys, monke
 
 
 def test_second_identical_run_through_the_command_line(setup, capsys):
-    code, out, err = run_extract(capsys, setup)
+    code, _, err = run_extract(capsys, setup)
     assert code == 0, err
     r = cli("extract", setup, "--json", cwd=setup.parent)
     assert r.returncode == 0, r.stderr
@@ -255,16 +262,16 @@ def test_changed_item_recomputes_exactly_that_item(setup, capsys):
 
 
 def test_changed_encoder_option_makes_a_new_feature_set(setup, capsys):
-    code, out, _ = run_extract(capsys, setup)
+    out = ok(capsys, setup)
     old = by_encoder(out)["text"]["fingerprint"]
     code, out, err = run_extract(capsys, setup, "encoders.text.options.max_length=4")
     assert code == 0, err
     sets = by_encoder(out)
     assert sets["text"]["fingerprint"] != old and (sets["text"]["computed"], sets["text"]["reused"]) == (N, 0)
     assert sets["image"]["computed"] == sets["audio"]["computed"] == 0
-    code, out, _ = run_extract(capsys, setup, "encoders.text.options.max_length=4")  # now warm
+    out = ok(capsys, setup, "encoders.text.options.max_length=4")  # now warm
     assert (by_encoder(out)["text"]["computed"], by_encoder(out)["text"]["encoder_built"]) == (0, False)
-    code, out, _ = run_extract(capsys, setup)  # back to the first config: its set is still there
+    out = ok(capsys, setup)  # back to the first config: its set is still there
     assert by_encoder(out)["text"]["fingerprint"] == old and by_encoder(out)["text"]["computed"] == 0
 
 
@@ -274,14 +281,12 @@ def test_changed_weights_at_the_same_path_are_noticed(tmp_path, models, capsys):
     shutil.copytree(models["bert"], weights)
     _backdate(weights)
     cfg = make_config(tmp_path, {**models, "bert": weights}, encoders=("text",))
-    code, out, _ = run_extract(capsys, cfg)
-    first = by_encoder(out)["text"]
+    first = by_encoder(ok(capsys, cfg))["text"]
 
     # Same bytes, new mtime: the stamp differs, so the encoder is built; its fingerprint does not.
     for p in weights.rglob("*"):
         os.utime(p, ns=(time.time_ns() - PAST // 2,) * 2)
-    code, out, _ = run_extract(capsys, cfg)
-    f = by_encoder(out)["text"]
+    f = by_encoder(ok(capsys, cfg))["text"]
     assert (f["computed"], f["encoder_built"], f["fingerprint"]) == (0, True, first["fingerprint"])
 
     # Other weights in the same files: everything is computed again, into a new set.
@@ -476,7 +481,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path, models, capsys):
     done = fs.manifest["rows"]
     assert 0 < done < n
 
-    resumed = subprocess.run(child, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(child, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     f = json.loads(resumed.stdout)["feature_sets"][0]
     assert f["computed"] == n - done and f["reused"] == done  # nothing finished was computed twice
@@ -486,7 +491,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path, models, capsys):
     clean.mkdir()
     clean_cfg = make_config(clean, models, encoders=("text",))
     shutil.copytree(tmp_path / "raw", clean / "raw")
-    code, out, err = run_extract(capsys, clean_cfg, "encoders.text.spec=slow-test:tiny")
+    code, _, err = run_extract(capsys, clean_cfg, "encoders.text.spec=slow-test:tiny")
     assert code == 0, err
     np.testing.assert_allclose(stored(cfg, "text")[0], stored(clean_cfg, "text")[0], rtol=0, atol=1e-6)
 
@@ -509,7 +514,7 @@ def test_two_processes_under_accelerate_launch_share_the_work(tmp_path, models, 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), "-m", "pipeline.cli", "extract", str(cfg), "--json", *skip]
-    r = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]  # only the main process reports
     sets = by_encoder(json.loads(line))
@@ -556,8 +561,7 @@ def test_interactions_without_user_ids_are_one_session_per_row(tmp_path, models)
 def test_store_ls_info_gc(setup, capsys):
     from pipeline.cli import main
 
-    code, out, _ = run_extract(capsys, setup)
-    first = by_encoder(out)
+    first = by_encoder(ok(capsys, setup))
     assert main(["store", "ls", "--config", str(setup), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["sets"]
     assert sorted((s["field"], s["rows"], s["failed"]) for s in listed) == [("audio", N, 0), ("image", N, 0),
@@ -571,7 +575,7 @@ def test_store_ls_info_gc(setup, capsys):
     assert (info["fingerprint"], info["rows"], info["dim"]) == (fp, N, 32)
     assert info["storage"]["shards"] >= 1 and info["spec"].startswith("hf:")
 
-    run_extract(capsys, setup, "encoders.text.options.max_length=4")  # links now name another text set
+    ok(capsys, setup, "encoders.text.options.max_length=4")  # links now name another text set
     assert main(["store", "gc", "--prune-unlinked", "--dry-run", "--config", str(setup), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["sets"]) == 1 and report["sets"][0].endswith(info["name"])
@@ -580,7 +584,7 @@ def test_store_ls_info_gc(setup, capsys):
     assert main(["store", "ls", "--config", str(setup), "--json"]) == 0
     left = json.loads(capsys.readouterr().out)["sets"]
     assert len(left) == 3 and fp not in {s["fingerprint"] for s in left}
-    code, out, _ = run_extract(capsys, setup, "encoders.text.options.max_length=4")
+    out = ok(capsys, setup, "encoders.text.options.max_length=4")
     assert all(f["computed"] == 0 for f in out["feature_sets"])
 
 

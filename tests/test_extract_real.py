@@ -11,8 +11,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
-
 from conftest import REPO, shared
 
 CONFIGS = REPO / "recipes" / "configs"

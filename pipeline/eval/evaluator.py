@@ -80,20 +80,25 @@ class Evaluator:
             rows, items = self.mask.batch(users)
             scores[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = -torch.inf
             top = scores.topk(min(k_max, self.n_items), dim=1).indices
-            relevant = torch.zeros_like(scores, dtype=torch.bool)
+            # hits by sorted-key lookup: no dense [users x items] relevance matrix to build and sum
             t_rows, t_items = self.truth.batch(users)
-            relevant[torch.as_tensor(t_rows, device=device), torch.as_tensor(t_items, device=device)] = True
-            hits = relevant.gather(1, top)
-            n_rel = relevant.sum(dim=1)
+            truth_keys = torch.as_tensor(np.sort(t_rows * self.n_items + t_items), device=device)
+            query = torch.arange(len(users), device=device).unsqueeze(1) * self.n_items + top
+            pos = torch.searchsorted(truth_keys, query).clamp_(max=len(truth_keys) - 1)
+            hits = truth_keys[pos] == query
+            n_rel = torch.as_tensor(self.truth.counts()[users], device=device)
             for name, values in topk_metrics(hits, n_rel, self.ks, self.metrics).items():
                 sums[name] = sums.get(name, 0.0) + float(values.sum())
             counted["all"] += len(users)
             if cold_slice:  # the same ranking, ground truth restricted to cold (and to warm) items
-                for prefix, part in (("cold", relevant & cold), ("warm", relevant & ~cold)):
-                    n_part = part.sum(dim=1)
+                cold_rows = torch.as_tensor(np.bincount(t_rows[self.cold_items[t_items]], minlength=len(users)),
+                                            device=device)
+                top_cold = cold[top]
+                for prefix, part_hits, n_part in (("cold", hits & top_cold, cold_rows),
+                                                  ("warm", hits & ~top_cold, n_rel - cold_rows)):
                     keep = n_part > 0
                     if keep.any():
-                        for name, values in topk_metrics(part.gather(1, top)[keep], n_part[keep], self.ks,
+                        for name, values in topk_metrics(part_hits[keep], n_part[keep], self.ks,
                                                          self.metrics).items():
                             sums[f"{prefix}/{name}"] = sums.get(f"{prefix}/{name}", 0.0) + float(values.sum())
                         counted[prefix] += int(keep.sum())
