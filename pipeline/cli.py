@@ -61,12 +61,17 @@ def _cmd_data_stats(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _prepared_for(cfg):
-    """The prepared data set for ``cfg``: reused when it was made from the same data config."""
+    """The prepared data set for ``cfg``: reused when it was made from the same data config and
+    the same input files (by content), prepared again otherwise."""
+    from pathlib import Path
+
     from .data import PreparedData, prepare
+    from .data.prepare import file_sha256
 
     try:
         prepared = PreparedData.load(cfg.prepared_dir)
-        if prepared.config.get("data") == cfg.to_dict()["data"]:
+        same_inputs = all(file_sha256(Path(f["path"])) == f["sha256"] for f in prepared.meta["inputs"].values())
+        if prepared.config.get("data") == cfg.to_dict()["data"] and same_inputs:
             return prepared
     except ModalrecError:
         pass

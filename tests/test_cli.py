@@ -74,3 +74,16 @@ def test_demo_config_end_to_end(tmp_path):
     assert out["fields"] == {"text": ["text"], "image": ["image"], "audio": ["audio"]}
     assert out["missing"] == {"text": 0, "image": 0, "audio": 0}
     assert out["cold_items"]["test"] > 0 and all(out["splits"].values())
+
+
+def test_commands_reprepare_when_input_files_change(tiny_config, tiny_data):
+    """`train`/`extract` reuse prepared data only while the raw files are unchanged."""
+    from pipeline.cli import _prepared_for
+    from pipeline.config import load_config
+
+    cfg = load_config(tiny_config)
+    first = _prepared_for(cfg)
+    assert _prepared_for(cfg).path == first.path and _prepared_for(cfg).stats()["items"] == 4
+    with (tiny_data / "items.csv").open("a") as f:
+        f.write("011,White shirt,Cotton,\n")
+    assert _prepared_for(cfg).stats()["items"] == 5

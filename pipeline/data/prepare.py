@@ -18,7 +18,7 @@ from .prepared import FORMAT_VERSION, MARKER, PreparedData, compute_stats
 from .splits import split_pairs
 
 
-def _file_sha256(path: Path) -> str | None:
+def file_sha256(path: Path) -> str | None:
     if not path.is_file():
         return None  # an HF dataset directory: its Arrow files carry their own fingerprints
     h = hashlib.sha256()
@@ -93,8 +93,8 @@ def prepare(cfg: Config, progress: bool = True) -> PreparedData:
         "fields": catalog.fields,
         "missing": missing_media(catalog),
         "inputs": {
-            "interactions": {"path": str(raw.path), "sha256": _file_sha256(raw.path)},
-            **({"items": {"path": str(data.root / data.items.path), "sha256": _file_sha256(data.root / data.items.path)}}
+            "interactions": {"path": str(raw.path), "sha256": file_sha256(raw.path)},
+            **({"items": {"path": str(data.root / data.items.path), "sha256": file_sha256(data.root / data.items.path)}}
                if data.items.path else {}),
         },
     }
