@@ -269,6 +269,21 @@ def _cmd_tune(args: argparse.Namespace, overrides: list[str]) -> None:
     _emit(result, args.json, human)
 
 
+def _command(group, name: str, func, help: str, positional: tuple[str, str] | None = ("config", "YAML config file"),
+             description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand with its positional argument and ``--json`` (every result-producing command has it)."""
+    p = group.add_parser(name, help=help, description=description or help)
+    if positional:
+        p.add_argument(positional[0], help=positional[1])
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=func)
+    return p
+
+
+OVERRIDES = "Overrides: key=value or --key value, e.g. data.split.protocol=random --data.split.seed 7."
+RUN_DIR = ("run_dir", "a run directory written by `modalrec train`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modalrec", description="Multimodal recommendation toolkit.")
     parser.add_argument("--version", action="version", version=f"modalrec {__import__('pipeline').__version__}")
@@ -276,37 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="prepare data sets and inspect them")
     data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    p = data_cmds.add_parser(
-        "prepare",
-        help="load, clean, filter, split and save a data set",
-        description="Overrides: key=value or --key value, e.g. data.split.protocol=random --data.split.seed 7",
-    )
-    p.add_argument("config", help="YAML config file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=_cmd_data_prepare)
-    s = data_cmds.add_parser("stats", help="statistics of a prepared data set")
-    s.add_argument("path", help="prepared data set directory")
-    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    s.set_defaults(func=_cmd_data_stats)
+    _command(data_cmds, "prepare", _cmd_data_prepare, "load, clean, filter, split and save a data set",
+             description=OVERRIDES)
+    _command(data_cmds, "stats", _cmd_data_stats, "statistics of a prepared data set",
+             positional=("path", "prepared data set directory"))
 
-    e = commands.add_parser(
-        "extract",
-        help="encode item content with the configured encoders into the feature store",
-        description="Computes only what the store lacks. Runs under `accelerate launch` to shard items "
-                    "across processes/GPUs. Overrides as for `data prepare`.",
-    )
-    e.add_argument("config", help="YAML config file with an `encoders:` section")
-    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    e.set_defaults(func=_cmd_extract)
+    _command(commands, "extract", _cmd_extract, "encode item content with the configured encoders into the feature store",
+             description="Computes only what the store lacks. Runs under `accelerate launch` to shard items "
+                         "across processes/GPUs. " + OVERRIDES)
 
     st = commands.add_parser("store", help="inspect and clean the feature store")
     st_cmds = st.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
-    for name, func, helptext in (("ls", _cmd_store_ls, "list feature sets"),
-                                 ("info", _cmd_store_info, "one feature set's manifest, storage and failures"),
-                                 ("gc", _cmd_store_gc, "remove leftovers of killed writers, damaged files, stale views")):
-        sp = st_cmds.add_parser(name, help=helptext)
-        if name == "info":
-            sp.add_argument("selector", help="set name, fingerprint prefix, field, or FINGERPRINT/FIELD")
+    for name, func, helptext, positional in (
+            ("ls", _cmd_store_ls, "list feature sets", None),
+            ("info", _cmd_store_info, "one feature set's manifest, storage and failures",
+             ("selector", "set name, fingerprint prefix, field, or FINGERPRINT/FIELD")),
+            ("gc", _cmd_store_gc, "remove leftovers of killed writers, damaged files, stale views", None)):
+        sp = _command(st_cmds, name, func, helptext, positional=positional)
         if name == "gc":
             sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
             sp.add_argument("--views", action="store_true", help="also remove all read views (rebuilt on use)")
@@ -315,45 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
         where = sp.add_mutually_exclusive_group()
         where.add_argument("--root", help="store directory (default: ./cache/features)")
         where.add_argument("--config", help="take the store directory from this config's cache_dir")
-        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        sp.set_defaults(func=func)
 
-    t = commands.add_parser(
-        "train",
-        help="train the configured recommender; early-stops on validation, reports test at the best epoch",
-        description="The model is model.name (bpr, vbpr, lightgcn, freedom); item features come from the "
-                    "`features` section. Runs under `accelerate launch` for several GPUs.",
-    )
-    t.add_argument("config", help="YAML config file")
+    t = _command(commands, "train", _cmd_train,
+                 "train the configured recommender; early-stops on validation, reports test at the best epoch",
+                 description="The model is model.name; item features come from the `features` section. Runs "
+                             "under `accelerate launch` for several GPUs. " + OVERRIDES)
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    t.set_defaults(func=_cmd_train)
 
-    tu = commands.add_parser(
-        "tune",
-        help="grid or random hyper-parameter search, selected on validation only",
-        description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.",
-    )
-    tu.add_argument("config", help="YAML config file")
+    tu = _command(commands, "tune", _cmd_tune, "grid or random hyper-parameter search, selected on validation only",
+                  description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.")
     tu.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try for a key")
     tu.add_argument("--random", type=int, metavar="N", help="try N random combinations instead of all")
-    tu.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    tu.set_defaults(func=_cmd_tune)
 
-    ev = commands.add_parser("evaluate", help="evaluate a trained run's best weights on valid and test")
-    ev.add_argument("run_dir", help="a run directory written by `modalrec train`")
-    ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ev.set_defaults(func=_cmd_evaluate)
+    _command(commands, "evaluate", _cmd_evaluate, "evaluate a trained run's best weights on valid and test",
+             positional=RUN_DIR)
 
-    rc = commands.add_parser("recommend", help="top-K items for users of a trained run (seen items excluded)")
-    rc.add_argument("run_dir", help="a run directory written by `modalrec train`")
+    rc = _command(commands, "recommend", _cmd_recommend, "top-K items for users of a trained run (seen items excluded)",
+                  positional=RUN_DIR)
     who = rc.add_mutually_exclusive_group()
     who.add_argument("--users", help="comma-separated user ids (default: every user)")
     who.add_argument("--users-file", help="a file with one user id per line")
     rc.add_argument("--k", type=int, default=10, help="items per user (default 10)")
     rc.add_argument("--out", help="write to this .csv or .parquet file instead of stdout")
-    rc.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    rc.set_defaults(func=_cmd_recommend)
     return parser
 
 

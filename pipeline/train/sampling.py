@@ -45,7 +45,32 @@ def sample_negatives(users: np.ndarray, candidates: np.ndarray, index: PairIndex
     return neg.reshape(len(users), n_neg)
 
 
-class PairBatches(IterableDataset):
+class EpochBatches(IterableDataset):
+    """What every training-batch dataset shares: the epoch seeds all randomness (so a resumed
+    run repeats an uninterrupted one), and under several processes each rank takes every
+    ``world``-th batch (the remainder that would leave ranks uneven is dropped)."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.n_rows + self.batch_size - 1) // self.batch_size // self.world
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def batch_slices(self):
+        """(batch number, rows of the epoch's order) for this rank's batches."""
+        for b in range(self.rank, len(self) * self.world, self.world):
+            yield b, slice(b * self.batch_size, (b + 1) * self.batch_size)
+
+
+class PairBatches(EpochBatches):
     """One epoch of shuffled (user, positive, negatives) batches; ``set_epoch`` picks the epoch.
 
     Under several processes each rank takes every ``world``-th batch, so every rank runs the same
@@ -54,30 +79,19 @@ class PairBatches(IterableDataset):
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int, seed: int,
                  n_neg: int = 1, rank: int = 0, world: int = 1):
+        super().__init__(len(users), batch_size, seed, rank, world)
         self.users = users.astype(np.int64)
         self.items = items.astype(np.int64)
         self.index = PairIndex(self.users, self.items, n_items)
         self.candidates = np.unique(self.items)  # MMRec draws negatives among items seen in training
-        self.batch_size = batch_size
-        self.seed = seed
         self.n_neg = n_neg
-        self.rank, self.world = rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return (len(self.users) + self.batch_size - 1) // self.batch_size // self.world
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self.rng()
         order = rng.permutation(len(self.users))
         users, pos = self.users[order], self.items[order]
         neg = sample_negatives(users, self.candidates, self.index, rng, self.n_neg)
-        n_batches = len(self) * self.world
-        for b in range(self.rank, n_batches, self.world):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        for _, sl in self.batch_slices():
             yield {
                 "users": torch.from_numpy(users[sl]),
                 "pos": torch.from_numpy(pos[sl]),

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
 
-from .sampling import PairIndex, sample_negatives
+from .sampling import EpochBatches, PairIndex, sample_negatives
 
 PAD = -1  # padding item in sequence tensors; models mask it
 
@@ -46,7 +45,7 @@ def pad_left(indptr: np.ndarray, items: np.ndarray, users: np.ndarray, width: in
     return np.where(idx >= starts[:, None], items[np.clip(idx, 0, len(items) - 1)], PAD)
 
 
-class SequenceBatches(IterableDataset):
+class SequenceBatches(EpochBatches):
     """One epoch of user sequences for next-item training, ``batch_size`` users per batch.
 
     A batch holds ``seq`` (the inputs, ``[B, max_len]``), ``pos`` (the item that follows each
@@ -57,25 +56,18 @@ class SequenceBatches(IterableDataset):
 
     def __init__(self, indptr: np.ndarray, items: np.ndarray, n_items: int, max_len: int, batch_size: int,
                  seed: int, n_neg: int = 1, rank: int = 0, world: int = 1):
-        self.indptr, self.items = indptr, items
         lengths = np.diff(indptr)
         self.users = np.flatnonzero(lengths >= 2)
+        super().__init__(len(self.users), batch_size, seed, rank, world)
+        self.indptr, self.items = indptr, items
         self.index = PairIndex(np.repeat(np.arange(len(lengths)), lengths), items, n_items)
         self.candidates = np.unique(items)
-        self.max_len, self.batch_size, self.seed, self.n_neg = max_len, batch_size, seed, n_neg
-        self.rank, self.world = rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return (len(self.users) + self.batch_size - 1) // self.batch_size // self.world
+        self.max_len, self.n_neg = max_len, n_neg
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.users)
-        for b in range(self.rank, len(self) * self.world, self.world):
-            users = order[b * self.batch_size : (b + 1) * self.batch_size]
+        order = self.rng().permutation(self.users)
+        for b, sl in self.batch_slices():
+            users = order[sl]
             window = pad_left(self.indptr, self.items, users, self.max_len + 1)
             window = window[:, (window != PAD).any(0).argmax():]  # columns of padding only cost time
             seq, pos = window[:, :-1], window[:, 1:].copy()
