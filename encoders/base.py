@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ class WeightsNotFoundError(ModalrecError):
     """The weights a spec names cannot be found locally and cannot (or may not) be downloaded."""
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, ABC):
     """A pretrained model turned into `raw value -> [D]` for one modality.
 
     Subclasses build `self.model`, pass picklable `preprocessor` / `collator` callables
@@ -69,8 +70,9 @@ class Encoder(nn.Module):
     def collate(self) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return self._collator
 
+    @abstractmethod
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The backend's pooled ``[B, D]`` output for a batch already on the model's device."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encode(self._to_model(batch))
