@@ -15,13 +15,15 @@ from .towers import ItemTower
 
 
 def propagate(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: torch.Tensor,
-              n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over layers 0..n of the bipartite propagation ``u <- R i``, ``i <- R^T u``."""
+              n_layers: int, mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (or, with ``mean=False``, sum) over layers 0..n of ``u <- R i``, ``i <- R^T u``."""
     u_sum, i_sum = users0, items0
     u, i = users0, items0
     for _ in range(n_layers):
         u, i = spmm(r, rt, i), spmm(rt, r, u)
         u_sum, i_sum = u_sum + u, i_sum + i
+    if not mean:
+        return u_sum, i_sum
     return u_sum / (n_layers + 1), i_sum / (n_layers + 1)
 
 
@@ -41,12 +43,16 @@ class LightGCN(Recommender):
         return propagate(self.user.weight, self.item_tower(), self.r, self.rt, self.n_layers)
 
     def loss(self, batch):
-        users, items = self.embeddings()
+        # layer sums, with the mean's 1/(L+1)^2 applied to the scores: the same loss without
+        # dividing two full embedding tables (and their gradients) on every step
+        users, items = propagate(self.user.weight, self.item_tower(), self.r, self.rt, self.n_layers, mean=False)
         u_idx, pos_idx, neg_idx = batch["users"], batch["pos"], batch["neg"]
-        u = users[u_idx]
-        loss = bpr_loss((u * items[pos_idx]).sum(-1), (u * items[neg_idx]).sum(-1))
-        ego_items = self.item_tower(torch.cat([pos_idx, neg_idx]))
         n = len(pos_idx)
+        both = torch.cat([pos_idx, neg_idx])
+        u, its = users[u_idx], items[both]  # one gather (one scatter in backward) for pos and neg
+        scale = 1.0 / (self.n_layers + 1) ** 2
+        loss = bpr_loss(scale * (u * its[:n]).sum(-1), scale * (u * its[n:]).sum(-1))
+        ego_items = self.item_tower(both)
         return loss + self.reg_weight * emb_loss(self.user(u_idx), ego_items[:n], ego_items[n:])
 
     def score(self, users_idx):
