@@ -158,11 +158,8 @@ def _build(prefix: str, name: str, modality, offline: bool, random_init: bool, o
     from transformers import AutoConfig, AutoModel
 
     opts = Options(prefix, options)
-    layer = opts.pop("layer", kind=int)
-    normalize = opts.pop("normalize", False, kind=bool)
-    seed = opts.pop("seed", 0, kind=int)
-    revision = opts.pop("revision", kind=str)
-    trust = opts.pop("trust_remote_code", False, kind=bool)
+    layer, normalize, seed = opts.common()
+    revision, trust = opts.hub()
     pooling_opt = opts.pop("pooling", kind=str)
     max_length = opts.pop("max_length", kind=int)
     max_seconds = opts.pop("max_seconds", 10.0, kind=float)

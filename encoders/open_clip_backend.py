@@ -79,9 +79,7 @@ def create_open_clip(name: str, *, modality=None, offline=False, random_init=Fal
     if modality not in ("image", "text"):
         raise ConfigError(f"open_clip:{name} serves an image and a text tower: pass modality='image' or 'text'")
     opts = Options("open_clip", options)
-    layer = opts.pop("layer", kind=int)
-    normalize = opts.pop("normalize", False, kind=bool)
-    seed = opts.pop("seed", 0, kind=int)
+    layer, normalize, seed = opts.common()
     opts.done()
 
     arch, _, weights_ref = name.partition("@")

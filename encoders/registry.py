@@ -136,6 +136,14 @@ class Options:
             raise ConfigError(f"{self.backend}: option {key}={value!r} must be one of {choices}")
         return value
 
+    def common(self) -> tuple[int | None, bool, int]:
+        """The options every backend takes: ``layer``, ``normalize``, ``seed``."""
+        return self.pop("layer", kind=int), self.pop("normalize", False, kind=bool), self.pop("seed", 0, kind=int)
+
+    def hub(self) -> tuple[str | None, bool]:
+        """The options of backends that load from a model hub: ``revision``, ``trust_remote_code``."""
+        return self.pop("revision", kind=str), self.pop("trust_remote_code", False, kind=bool)
+
     def done(self) -> None:
         if self.options:
             raise ConfigError(f"{self.backend}: unknown option(s) {sorted(self.options)}")

@@ -51,11 +51,8 @@ def create_st(name: str, *, modality=None, offline=False, random_init=False, **o
     if modality not in (None, "text"):
         raise ConfigError(f"st:{name}: only text sentence-transformers models are supported, not {modality}")
     opts = Options("st", options)
-    layer = opts.pop("layer", kind=int)
-    normalize = opts.pop("normalize", False, kind=bool)
-    seed = opts.pop("seed", 0, kind=int)
-    revision = opts.pop("revision", kind=str)
-    trust = opts.pop("trust_remote_code", False, kind=bool)
+    layer, normalize, seed = opts.common()
+    revision, trust = opts.hub()
     max_length = opts.pop("max_length", kind=int)
     opts.done()
 

@@ -48,9 +48,7 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
     if modality not in (None, "image"):
         raise ConfigError(f"timm:{name} is an image encoder, not {modality}")
     opts = Options("timm", options)
-    layer = opts.pop("layer", kind=int)
-    normalize = opts.pop("normalize", False, kind=bool)
-    seed = opts.pop("seed", 0, kind=int)
+    layer, normalize, seed = opts.common()
     model_args = dict(opts.pop("model_args", {}) or {})
     opts.done()
 
