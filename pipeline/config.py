@@ -162,24 +162,35 @@ class ExtractConfig(Section):
 class FeatureSource(Section):
     """Where a named feature set comes from: an encoder of this config, or an MMRec .npy file."""
 
-    encoder: str | None = None  # a key of `encoders`
+    encoder: str | None = None  # a key of `encoders` (with `run`: the run's live encoder)
     field: str | None = None  # which of the encoder's fields (default: its only one)
     mmrec: str | None = None  # an MMRec *_feat.npy file, relative to data.root (row i = item i)
+    run: Path | None = None  # an end-to-end run directory: the catalog as its best checkpoint encodes it
 
     @model_validator(mode="after")
     def _one_source(self) -> "FeatureSource":
         if (self.encoder is None) == (self.mmrec is None):
-            raise ValueError("give exactly one of encoder (with optional field) or mmrec")
-        if self.mmrec is not None and self.field is not None:
-            raise ValueError("field goes with encoder, not with mmrec")
+            raise ValueError("give exactly one of encoder (with optional field, or with run) or mmrec")
+        if self.mmrec is not None and (self.field is not None or self.run is not None):
+            raise ValueError("field and run go with encoder, not with mmrec")
         return self
 
 
+class LiveEncoderConfig(Section):
+    """One encoder trained end to end inside the item tower (a key of `encoders`)."""
+
+    field: str | None = None  # which of the encoder's fields (default: its only one)
+    policy: str = "full"  # frozen | full | top-k:N | bias | lora[:rank]
+    cached: bool = False  # top-k only: cache the hidden states below the trained blocks, train from them
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+
+
 class TowerConfig(Section):
-    """The item tower: item ids, cached features, or both."""
+    """The item tower: item ids, cached features, live encoders (end to end), or a mix."""
 
     ids: bool = True
     features: list[str] = []  # names from the `features` section
+    live: dict[str, LiveEncoderConfig] = {}  # encoders fine-tuned with the recommendation loss
     fusion: Literal["concat", "sum", "gate"] = "concat"  # how several feature sets become one vector
     combine: Literal["concat", "sum"] = "concat"  # how the id part and the feature part meet
     fill: Literal["zeros", "mean", "learned"] = "mean"  # rows a feature set lacks (the store's mask)
@@ -187,8 +198,8 @@ class TowerConfig(Section):
 
     @model_validator(mode="after")
     def _something(self) -> "TowerConfig":
-        if not self.ids and not self.features:
-            raise ValueError("an item tower needs ids, features, or both")
+        if not self.ids and not self.features and not self.live:
+            raise ValueError("an item tower needs ids, features or live encoders")
         return self
 
 
@@ -277,6 +288,10 @@ class TrainConfig(Section):
     eval_every: int = Field(1, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum: int = Field(1, gt=0)
+    encoder_lr: float | None = Field(None, gt=0)  # live encoders' learning rate (default: lr)
+    encoder_weight_decay: float | None = Field(None, ge=0)  # live encoders' weight decay (default: weight_decay)
+    warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up over this many optimizer steps
+    encode_batch_size: int = Field(256, gt=0)  # live encoders: items per forward when encoding the catalog
     runs_dir: Path | None = None  # default: <cache_dir>/runs
     run_name: str | None = None  # default: <data>-<model>-s<seed>
     tensorboard: bool = True
@@ -293,6 +308,30 @@ class EvalConfig(Section):
     cold_slice: bool = True  # also report metrics on items never seen in training
 
 
+class CompareConfig(Section):
+    """``modalrec compare``: one grid of arms on one data set and split, every arm trained with the
+    same recommender, loss, budget (the `train` section) and evaluation, over the same seeds.
+    The arms (see ``pipeline/compare/arms.py``): ``id-only``; ``frozen-<feature>`` per feature set
+    and ``frozen-fused`` over all of them; ``finetuned-<encoder>-<policy>`` per encoder and
+    policy; ``ftfeat-<encoder>-<policy>``, the fine-tuned encoder's features fed back to the
+    frozen model; plus any extra arms given as overrides."""
+
+    name: str | None = None  # results go under <cache_dir>/compare/<name>; default data.name
+    model: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"] | None = "two_tower"  # null: model.name
+    seeds: list[int] = Field([1, 2, 3], min_length=1)  # every arm trains once per seed
+    metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
+    features: list[str] | None = None  # feature sets compared frozen; default all of `features`
+    finetune: list[str] | None = None  # encoders fine-tuned; default those the compared features read
+    policies: list[str] = ["full", "top-k:2", "cached-top-k:2", "lora:8"]  # also bias, frozen, top-k:N, lora:R
+    id_only: bool = True  # the ID-only arm
+    ablation: bool = True  # a frozen arm per feature set (image only, text only, ...) besides the fused one
+    finetuned_features: bool | list[str] = True  # ftfeat arms: true (every policy), false, or some policies
+    baseline: str | None = None  # arm the others are tested against; default frozen-fused
+    arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
+    skip: list[str] = []  # arm names left out
+    html: bool = False  # also write report.html
+
+
 class Config(Section):
     cache_dir: Path = Path("cache")
     data: DataConfig
@@ -302,11 +341,12 @@ class Config(Section):
     model: ModelConfig | None = None
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
         for name, src in self.features.items():
-            if src.encoder is not None:
+            if src.encoder is not None and src.run is None:
                 enc = self.encoders.get(src.encoder)
                 if enc is None:
                     raise ValueError(f"features.{name}.encoder: no encoder {src.encoder!r} in `encoders`")
@@ -318,6 +358,17 @@ class Config(Section):
             for f in self.model.item_tower.features:
                 if f not in self.features:
                     raise ValueError(f"model.item_tower.features: {f!r} is not in `features` ({sorted(self.features)})")
+            for name, live in self.model.item_tower.live.items():
+                where = f"model.item_tower.live.{name}"
+                enc = self.encoders.get(name)
+                if enc is None:
+                    raise ValueError(f"{where}: no encoder {name!r} in `encoders` ({sorted(self.encoders)})")
+                if live.field is None and len(enc.fields) != 1:
+                    raise ValueError(f"{where}.field: encoder {name!r} has fields {enc.fields}; pick one")
+                if live.field is not None and live.field not in enc.fields:
+                    raise ValueError(f"{where}.field: {live.field!r} is not among encoders.{name}.fields")
+                if live.cached and not live.policy.startswith("top-k:"):
+                    raise ValueError(f"{where}.cached needs policy top-k:N (got {live.policy!r})")
         metric = self.train.valid_metric
         name, _, k = metric.partition("@")
         if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:
@@ -422,6 +473,17 @@ def _resolve_spec_paths(tree: dict, base: Path) -> None:
                 entry["spec"] = f"{prefix}:{os.path.normpath(base / rest)}"
 
 
+def _resolve_feature_runs(tree: dict, base: Path) -> None:
+    """``features.<name>.run`` (a run directory) resolves like other paths."""
+    features = tree.get("features")
+    if not isinstance(features, dict):
+        return
+    for entry in features.values():
+        run = entry.get("run") if isinstance(entry, dict) else None
+        if isinstance(run, str) and run and not Path(run).is_absolute():
+            entry["run"] = os.path.normpath(base / run)
+
+
 def _format_validation(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
@@ -462,6 +524,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             _set_dotted(tree, key, os.path.normpath(base / value))
     _resolve_spec_paths(tree, base)
+    _resolve_feature_runs(tree, base)
 
     for key, raw in parse_overrides(list(overrides or [])):
         try:
@@ -474,6 +537,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         _set_dotted(tree, key, value)
         if key.startswith("encoders."):
             _resolve_spec_paths(tree, Path.cwd())
+        if key.startswith("features"):
+            _resolve_feature_runs(tree, Path.cwd())
 
     source = str(path) + (" with overrides" if overrides else "")
     try:

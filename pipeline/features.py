@@ -57,6 +57,10 @@ def _resolve(cfg: Config, data: PreparedData, name: str, store):
 
     src = cfg.features[name]
     item_ids = data.items["item_id"]
+    if src.run is not None:  # fine-tuned features written by an end-to-end run
+        from .live import finetuned_set
+
+        return finetuned_set(cfg, data, name, store)
     if src.mmrec is not None:
         path = cfg.data.root / src.mmrec
         # row i of the file is catalog item i (MMRec's itemID i); importing again stores nothing

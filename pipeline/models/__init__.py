@@ -19,6 +19,7 @@ from .graphs import cached_knn_graph
 from .lightgcn import LightGCN
 from .mf import MF
 from .sasrec import SASRec
+from .live import LiveEncoders
 from .towers import CombinedTower, FeatureTower, IdTower, ItemTower
 from .two_tower import TwoTower
 
@@ -34,36 +35,54 @@ class LoadedFeature:
     fingerprint: str
 
 
-def _tower(mcfg, n_items: int, features: dict[str, LoadedFeature], id_init: str) -> ItemTower:
+def _make_tower(mcfg, n_items: int, features: dict[str, LoadedFeature], id_init: str, live: dict | None = None,
+           encode_batch_size: int = 256) -> ItemTower:
     from ..config import TowerConfig
 
     tcfg = mcfg.item_tower
     if tcfg is None:  # each model's own default
         tcfg = TowerConfig(features=list(features)) if mcfg.name == "vbpr" else TowerConfig()
-    if mcfg.name == "vbpr" and not tcfg.features:
+    if mcfg.name == "vbpr" and not (tcfg.features or tcfg.live):
         raise ConfigError("model vbpr needs features: add a `features` section (or model.item_tower.features)")
-    ids = IdTower(n_items, mcfg.dim, init=id_init) if tcfg.ids else None
-    if not tcfg.features:
-        return ids
-    chosen = {n: features[n] for n in tcfg.features}
-    feats = FeatureTower({n: f.values for n, f in chosen.items()}, {n: f.mask for n, f in chosen.items()},
-                         mcfg.dim, fusion=tcfg.fusion, fill=tcfg.fill, trainable_features=tcfg.trainable_features)
-    return feats if ids is None else CombinedTower(ids, feats, tcfg.combine)
+    if tcfg.live and mcfg.name in ("lightgcn", "freedom"):
+        raise ConfigError(f"model {mcfg.name} propagates over the whole item graph every step, which live encoders "
+                          "cannot afford; use two_tower, sasrec, bpr or vbpr with model.item_tower.live")
+    parts: list[ItemTower] = []
+    if tcfg.ids:
+        parts.append(IdTower(n_items, mcfg.dim, init=id_init))
+    if tcfg.features:
+        chosen = {n: features[n] for n in tcfg.features}
+        parts.append(FeatureTower({n: f.values for n, f in chosen.items()}, {n: f.mask for n, f in chosen.items()},
+                                  mcfg.dim, fusion=tcfg.fusion, fill=tcfg.fill,
+                                  trainable_features=tcfg.trainable_features))
+    if tcfg.live:
+        if live is None or set(live) != set(tcfg.live):
+            raise ConfigError("model.item_tower.live: the live encoders were not loaded (pipeline.live.load_live)")
+        parts.append(LiveEncoders({n: live[n] for n in tcfg.live}, mcfg.dim, fusion=tcfg.fusion,
+                                  fill=tcfg.fill,
+                                  encode_batch_size=encode_batch_size))
+    return parts[0] if len(parts) == 1 else CombinedTower(parts, tcfg.combine)
 
 
-def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path, seed: int) -> Recommender:
-    """The recommender named by ``model.name`` with its item tower, for a ``PreparedData``."""
+def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path, seed: int,
+                live: dict | None = None, encode_batch_size: int = 256) -> Recommender:
+    """The recommender named by ``model.name`` with its item tower, for a ``PreparedData``.
+    ``live``: the ``LiveSource`` of each live encoder (``pipeline.live.load_live``)."""
     n_users, n_items = data.n_users, data.n_items
+
+    def tower(id_init: str) -> ItemTower:
+        return _make_tower(mcfg, n_items, features, id_init, live, encode_batch_size)
+
     users, items = data.pairs("train")
     p = mcfg.params
     if mcfg.name in ("bpr", "vbpr"):
         init = "xavier_normal" if mcfg.name == "bpr" else "xavier_uniform"
-        return MF(n_users, _tower(mcfg, n_items, features, init), reg_weight=p.reg_weight, user_init=init)
+        return MF(n_users, tower(init), reg_weight=p.reg_weight, user_init=init)
     if mcfg.name in ("two_tower", "sasrec"):
         model_cls = TwoTower if mcfg.name == "two_tower" else SASRec
-        return model_cls.build(p, data, _tower(mcfg, n_items, features, "xavier_normal"))
+        return model_cls.build(p, data, tower("xavier_normal"))
     if mcfg.name == "lightgcn":
-        return LightGCN(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items,
+        return LightGCN(n_users, tower("xavier_uniform"), users, items,
                         n_layers=p.n_layers, reg_weight=p.reg_weight)
     if not features:
         raise ConfigError("model freedom builds its item-item graph from features: add a `features` section")
@@ -80,7 +99,7 @@ def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path,
             x[~f.mask] = x[f.mask].mean(dim=0)
         filled[n] = x
     graph = cached_knn_graph(cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights, p.knn_k)
-    return FREEDOM(n_users, _tower(mcfg, n_items, features, "xavier_uniform"), users, items, graph, filled,
+    return FREEDOM(n_users, tower("xavier_uniform"), users, items, graph, filled,
                    n_ui_layers=p.n_ui_layers, n_mm_layers=p.n_mm_layers, dropout=p.dropout,
                    reg_weight=p.reg_weight, seed=seed)
 

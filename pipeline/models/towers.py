@@ -4,7 +4,8 @@ care whether they are id embeddings, frozen cached features, or (end-to-end) liv
 - ``IdTower``: one learned vector per item.
 - ``FeatureTower``: cached feature sets (frozen unless ``trainable_features``), each possibly
   missing for some items (a mask from the store), filled by policy, projected and fused.
-- ``CombinedTower``: ids and features together (``concat`` as in VBPR, or ``sum``).
+- ``LiveEncoders`` (``live.py``): raw item content through encoders trained end to end.
+- ``CombinedTower``: several of these together (``concat`` as in VBPR, or ``sum``).
 """
 
 from __future__ import annotations
@@ -38,22 +39,51 @@ class IdTower(ItemTower):
         return self.embedding.weight if items is None else self.embedding(items)
 
 
-class FeatureTower(ItemTower):
-    """Cached features -> fill missing rows -> project -> fuse modalities into one vector.
+class Fusion(nn.Module):
+    """Per-modality vectors ``{name: [B, width]}`` -> one ``[B, dim]`` vector.
 
-    ``concat`` concatenates the filled raw features and applies one linear map (VBPR);
-    ``sum`` adds per-modality projections; ``gate`` weighs per-modality projections with a
-    learned, per-item softmax over the modalities that are present.
+    ``concat`` concatenates them and applies one linear map (VBPR); ``sum`` adds per-modality
+    projections; ``gate`` weighs per-modality projections with a learned, per-item softmax over
+    the modalities that are present. Cached features and live encoders share this module.
     """
+
+    def __init__(self, widths: dict[str, int], dim: int, fusion: str = "concat"):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}")
+        self.names, self.fusion = list(widths), fusion
+        if fusion == "concat":
+            self.proj = nn.Linear(sum(widths.values()), dim)
+            nn.init.xavier_normal_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+        else:
+            self.projs = nn.ModuleDict({n: nn.Linear(w, dim) for n, w in widths.items()})
+            if fusion == "gate":
+                self.gate = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, parts: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.fusion == "concat":
+            return self.proj(torch.cat([parts[n] for n in self.names], dim=1))
+        stacked = torch.stack([self.projs[n](parts[n]) for n in self.names], dim=1)  # [B, M, D]
+        if self.fusion == "sum":
+            return stacked.sum(dim=1)
+        here = torch.stack([present[n] for n in self.names], dim=1)
+        logits = self.gate(torch.tanh(stacked)).squeeze(-1).masked_fill(~here, -torch.inf)
+        weights = torch.nan_to_num(torch.softmax(logits, dim=1))  # an item with no modality gets zeros
+        return (weights.unsqueeze(-1) * stacked).sum(dim=1)
+
+
+class FeatureTower(ItemTower):
+    """Cached features -> fill missing rows -> project -> fuse modalities into one vector."""
 
     def __init__(self, features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], dim: int,
                  fusion: str = "concat", fill: str = "mean", trainable_features: bool = False):
         super().__init__()
-        if fusion not in FUSIONS or fill not in FILL_POLICIES:
-            raise ValueError(f"fusion must be one of {FUSIONS} and fill one of {FILL_POLICIES}")
+        if fill not in FILL_POLICIES:
+            raise ValueError(f"fill must be one of {FILL_POLICIES}")
         self.names = list(features)
         self.n_items = next(iter(features.values())).shape[0]
-        self.dim, self.fusion, self.fill = dim, fusion, fill
+        self.dim, self.fill = dim, fill
         self.raw = nn.ParameterDict()
         for name in self.names:
             x = features[name].float().clone()
@@ -67,48 +97,36 @@ class FeatureTower(ItemTower):
             self.register_buffer(f"mask_{name}", m, persistent=False)
         if fill == "learned":
             self.missing = nn.ParameterDict({n: nn.Parameter(torch.zeros(features[n].shape[1])) for n in self.names})
-        widths = {n: features[n].shape[1] for n in self.names}
-        if fusion == "concat":
-            self.proj = nn.Linear(sum(widths.values()), dim)
-            nn.init.xavier_normal_(self.proj.weight)
-            nn.init.zeros_(self.proj.bias)
-        else:
-            self.projs = nn.ModuleDict({n: nn.Linear(w, dim) for n, w in widths.items()})
-            if fusion == "gate":
-                self.gate = nn.Linear(dim, 1, bias=False)
+        self.fuse = Fusion({n: features[n].shape[1] for n in self.names}, dim, fusion)
+
+    def _mask(self, name: str, items) -> torch.Tensor:
+        m = getattr(self, f"mask_{name}")
+        return m if items is None else m[items]
 
     def _filled(self, name: str, items) -> torch.Tensor:
         x = self.raw[name] if items is None else self.raw[name][items]
         if self.fill == "learned":
-            m = getattr(self, f"mask_{name}")
-            m = m if items is None else m[items]
-            x = torch.where(m.unsqueeze(1), x, self.missing[name].expand_as(x))
+            x = torch.where(self._mask(name, items).unsqueeze(1), x, self.missing[name].expand_as(x))
         return x
 
     def forward(self, items=None):
-        if self.fusion == "concat":
-            return self.proj(torch.cat([self._filled(n, items) for n in self.names], dim=1))
-        parts = torch.stack([self.projs[n](self._filled(n, items)) for n in self.names], dim=1)  # [B, M, D]
-        if self.fusion == "sum":
-            return parts.sum(dim=1)
-        present = torch.stack([getattr(self, f"mask_{n}") if items is None else getattr(self, f"mask_{n}")[items]
-                               for n in self.names], dim=1)
-        logits = self.gate(torch.tanh(parts)).squeeze(-1).masked_fill(~present, -torch.inf)
-        weights = torch.nan_to_num(torch.softmax(logits, dim=1))  # an item with no modality gets zeros
-        return (weights.unsqueeze(-1) * parts).sum(dim=1)
+        return self.fuse({n: self._filled(n, items) for n in self.names},
+                         {n: self._mask(n, items) for n in self.names})
 
 
 class CombinedTower(ItemTower):
-    def __init__(self, ids: IdTower, features: FeatureTower, combine: str = "concat"):
+    """Several towers side by side (ids, cached features, live encoders): concatenated or summed."""
+
+    def __init__(self, parts: list[ItemTower], combine: str = "concat"):
         super().__init__()
         if combine not in ("concat", "sum"):
             raise ValueError(f"combine must be concat or sum, got {combine!r}")
-        if combine == "sum" and ids.dim != features.dim:
-            raise ValueError("combine=sum needs id and feature parts of the same dim")
-        self.ids, self.features, self.combine = ids, features, combine
-        self.n_items = ids.n_items
-        self.dim = ids.dim + features.dim if combine == "concat" else ids.dim
+        if combine == "sum" and len({p.dim for p in parts}) != 1:
+            raise ValueError("combine=sum needs id, feature and live parts of the same dim")
+        self.parts, self.combine = nn.ModuleList(parts), combine
+        self.n_items = parts[0].n_items
+        self.dim = sum(p.dim for p in parts) if combine == "concat" else parts[0].dim
 
     def forward(self, items=None):
-        a, b = self.ids(items), self.features(items)
-        return torch.cat([a, b], dim=1) if self.combine == "concat" else a + b
+        out = [p(items) for p in self.parts]
+        return torch.cat(out, dim=1) if self.combine == "concat" else torch.stack(out).sum(0)

@@ -8,7 +8,10 @@ Multi-GPU and multi-node come from ``accelerate launch``, not from code here.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import resource
 import shutil
 import statistics
 import time
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -52,9 +55,35 @@ def _evaluate(model, evaluator: Evaluator, split: str, device, cold_slice: bool)
         return evaluator.evaluate(model.score, device=device, cold_slice=cold_slice)
 
 
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable parameters; live encoders' own learning rate and weight decay."""
+    from ..models.live import live_towers
+
+    in_encoders = {id(p) for t in live_towers(model) for p in t.encoders.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in in_encoders]}]
+    encoder_params = [p for p in trainable if id(p) in in_encoders]
+    if encoder_params:
+        t = cfg.train
+        groups.append({"params": encoder_params, "lr": t.encoder_lr or t.lr,
+                       "weight_decay": t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay})
+    groups = [g for g in groups if g["params"]]
+    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    # fused: one kernel for all parameters; the per-tensor loop is most of a small model's step on CPU
+    return opt_cls(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by this run, or on CPU the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None = None, resume: bool = False,
-          accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``data``; returns the result object ``modalrec train --json`` prints."""
+          accelerator: Accelerator | None = None, live: dict | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``data``; returns the result object ``modalrec train --json`` prints.
+    ``live``: the live encoders' sources (``pipeline.live.load_live``); each run trains a copy."""
     if cfg.model is None:
         raise ConfigError("no `model` section: name a model, e.g. model.name=bpr")
     seed = cfg.train.seed if seed is None else seed
@@ -74,14 +103,20 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                     run_dir / "config.yaml")
     accelerator.wait_for_everyone()
 
-    model = build_model(cfg.model, data, features, cfg.cache_dir, seed)
-    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    # fused: one kernel for all parameters; the per-tensor loop is most of a small model's step on CPU
-    optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                        weight_decay=cfg.train.weight_decay, fused=True)
+    if live:  # every seed starts from the same pretrained encoders
+        live = {n: dataclasses.replace(src, encoder=copy.deepcopy(src.encoder)) for n, src in live.items()}
+    model = build_model(cfg.model, data, features, cfg.cache_dir, seed, live=live,
+                        encode_batch_size=cfg.train.encode_batch_size)
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = _optimizer(cfg, model)
+    warmup = cfg.train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup)
+                                                  if warmup else 1.0)
     batches = model.train_batches(data, cfg.train.batch_size, seed, rank=accelerator.process_index,
                                   world=accelerator.num_processes)
     loader = DataLoader(batches, batch_size=None)  # the dataset yields whole vectorised batches
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     valid_eval, test_eval = evaluators(cfg, data)
@@ -89,7 +124,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     state: dict[str, Any] = {"epoch": 0, "best_epoch": -1, "best_score": -1.0, "bad_epochs": 0, "history": [],
                              "valid": {}, "test": {}}
     if resume:
-        state = load_checkpoint(run_dir / "checkpoint", core, optimizer)
+        state = load_checkpoint(run_dir / "checkpoint", core, optimizer, scheduler)
         if main:
             print(f"resuming {run_dir} at epoch {state['epoch']}", flush=True)
     if cfg.train.tensorboard:
@@ -103,7 +138,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
         core.pre_epoch(epoch)
         batches.set_epoch(epoch)
         started = time.perf_counter()
-        total, steps = 0.0, 0
+        total, steps, samples = 0.0, 0, 0
         for batch in loader:
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):
@@ -112,11 +147,15 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                     raise ModalrecError(f"training diverged at epoch {epoch}: loss is {loss.item()}; lower train.lr")
                 accelerator.backward(loss)
                 optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             total += loss.item()
             steps += 1
+            samples += len(batch["users"]) if "users" in batch else len(next(iter(batch.values())))
         train_seconds = time.perf_counter() - started
-        record = {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": train_seconds}
+        record = {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": train_seconds,
+                  "samples": samples * accelerator.num_processes}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             started = time.perf_counter()
             valid = _evaluate(core, valid_eval, "valid", accelerator.device, cold_slice=False)
@@ -135,13 +174,20 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
         accelerator.log({"train/loss": record["loss"], **{f"valid/{k}": v for k, v in record.get("valid", {}).items()}},
                         step=epoch)
         if main:
-            save_checkpoint(run_dir / "checkpoint", core, optimizer, state)
+            save_checkpoint(run_dir / "checkpoint", core, optimizer, state, scheduler)
         bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{state['best_score']:.4f}"})
         bar.update(1)
     bar.close()
     accelerator.end_training()
 
     result = summarize(cfg, state, seed, run_dir)
+    result.update(trainable_params=trainable_params, peak_memory_mb=_peak_memory_mb(accelerator.device))
+    if live and main:  # the catalog as the best encoders see it: features frozen models can read
+        from ..live import export_finetuned
+
+        core.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+        result["finetuned_features"] = export_finetuned(cfg, data, core, run_dir)
+    accelerator.wait_for_everyone()
     if main:
         (run_dir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -150,6 +196,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
 def summarize(cfg: Config, state: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
     hist = state["history"]
     evals = [h["eval_seconds"] for h in hist if "eval_seconds" in h]
+    seconds = sum(h["train_seconds"] for h in hist)
     return {
         "model": cfg.model.name,
         "data": cfg.data.name,
@@ -161,6 +208,7 @@ def summarize(cfg: Config, state: dict[str, Any], seed: int, run_dir: Path) -> d
         "test": state["test"],
         "train_seconds_per_epoch": statistics.median(h["train_seconds"] for h in hist) if hist else 0.0,
         "eval_seconds_per_epoch": statistics.median(evals) if evals else 0.0,
+        "samples_per_second": sum(h.get("samples", 0) for h in hist) / seconds if seconds else 0.0,
         "history": [{k: v for k, v in h.items()} for h in hist],
     }
 

@@ -1,0 +1,210 @@
+"""Live encoders for end-to-end training: built from the config, fed with preprocessed content.
+
+``load_live`` creates each encoder of ``model.item_tower.live`` and preprocesses every catalog
+item once (DataLoader workers; the encoder's ``on_error`` policy decides what a bad file does).
+For cached top-k it also fills the feature store with the hidden states entering the first
+trained block, keyed by the encoder's fingerprint and the cut, so later runs reuse them.
+``export_finetuned`` writes the catalog as a finished run's best encoders see it back to the
+store: "fine-tuned features" that frozen models read through ``features: {x: {run: RUN_DIR}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data import PreparedData
+from .errors import DataError
+
+FEATURES_FILE = "finetuned_features.json"
+
+
+def _keep(samples):
+    return samples
+
+
+def preprocess_items(encoder, values: list, name: str, field: str, item_ids: list, on_error: str,
+                     num_workers: int, progress: bool = True) -> list:
+    """Every item's preprocessed sample (None: no value, or unreadable with ``on_error: skip``)."""
+    from .extract import _input_error, _Items
+
+    rows = [i for i, v in enumerate(values) if v is not None]
+    out: list = [None] * len(values)
+    workers = num_workers if len(rows) > 64 else 0
+    if workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    loader = DataLoader(_Items(encoder, [values[i] for i in rows], rows), batch_size=64, num_workers=workers,
+                        collate_fn=_keep)
+    done = 0
+    for batch in tqdm(loader, desc=f"preprocess {name}:{field}", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        for row, sample, err in batch:
+            if err is not None and on_error == "error":
+                raise _input_error(name, field, row, err, item_ids, values, encoder.modality, done)
+            out[row] = sample
+            done += 1
+    return out
+
+
+def load_live(cfg: Config, data: PreparedData, accelerator=None) -> dict:
+    """``{encoder name: LiveSource}`` for ``model.item_tower.live`` (empty when there is none)."""
+    import encoders
+
+    from .extract import ContentKeys, _modality_of, _values
+    from .models.live import LiveSource
+
+    tower = cfg.model.item_tower if cfg.model is not None else None
+    if tower is None or not tower.live:
+        return {}
+    if cfg.extract.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    item_ids = _values(data, "item_id")
+    out = {}
+    for name, live in tower.live.items():
+        ec = cfg.encoders[name]
+        field = live.field or ec.fields[0]
+        modality = _modality_of(data, name, ec)
+        encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
+                                  random_init=ec.random_init, **ec.options)
+        values = _values(data, field)
+        inputs = preprocess_items(encoder, values, name, field, item_ids, ec.on_error, cfg.extract.num_workers,
+                                  progress=cfg.train.progress)
+        keys = ContentKeys.for_config(cfg).keys(values, modality)
+        src = LiveSource(encoder, field, live.policy, inputs, keys, live.gradient_checkpointing, live.cached)
+        if live.cached:
+            src.hidden = cached_hidden(cfg, name, src, accelerator)
+        out[name] = src
+    return out
+
+
+def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor:
+    """Per item, the hidden state entering the first trained block of a top-k encoder, from the
+    store (computed for the items it lacks). Items without content get zeros (never read)."""
+    from encoders.cut import hidden_below
+
+    from .store import FeatureStore
+
+    k = int(src.policy.split(":", 1)[1])
+    enc = src.encoder
+    enc.set_trainable(src.policy)  # the cut must see the same blocks the policy trains
+    fingerprint = hashlib.sha256(f"{enc.fingerprint}:hidden-below-top-{k}".encode()).hexdigest()
+    from accelerate import PartialState
+
+    state = accelerator if accelerator is not None else PartialState()
+    device = state.device
+    enc.to(device).eval()
+    rows = [i for i, x in enumerate(src.inputs) if x is not None]
+
+    def compute(part: list[int]) -> torch.Tensor:
+        batch = enc.collate([src.inputs[i] for i in part])
+        batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
+        with torch.inference_mode():
+            return hidden_below(enc, batch, k).float().cpu()
+
+    # the widest item (longest text) fixes the padded shape every item is stored in
+    widest = max(rows, key=lambda i: sum(v.numel() for v in src.inputs[i].values() if torch.is_tensor(v)))
+    shape = compute([widest]).shape[1:]
+    store = FeatureStore(cfg.features_dir)
+    fs = store.open_set(fingerprint, f"{src.field}.hidden", dim=int(np.prod(shape)),
+                        spec=f"{cfg.encoders[name].spec} (hidden below top {k})",
+                        identity={"encoder": enc.identity(), "hidden_below_top": k, "shape": list(shape)})
+    keys = [src.keys[i] for i in rows]
+    todo: dict[str, int] = {}
+    for key, row, ok in zip(keys, rows, fs.present(keys)):
+        if not ok:
+            todo.setdefault(key, row)
+    if todo and state.is_main_process:  # computed once, then read back by every later run with this encoder and cut
+        todo_rows = list(todo.values())
+        step = cfg.extract.batch_size
+        for start in tqdm(range(0, len(todo_rows), step), desc=f"hidden states {name}:{src.field}",
+                          disable=not cfg.train.progress, dynamic_ncols=True):
+            part = todo_rows[start:start + step]
+            fs.write([src.keys[i] for i in part], _pad_to(compute(part), shape).reshape(len(part), -1).numpy())
+    state.wait_for_everyone()
+    values, present = fs.read(keys)
+    if not present.all():
+        raise DataError(f"hidden states of encoders.{name} are missing from {fs.path} after computing them")
+    enc.cpu()  # the trainer moves the tower where it trains
+    full = torch.zeros((len(src.inputs), *shape))
+    full[rows] = torch.from_numpy(np.asarray(values, dtype=np.float32)).reshape(len(rows), *shape)
+    return full
+
+
+def _pad_to(x: torch.Tensor, shape) -> torch.Tensor:
+    """Zero-pad ``[b, ...]`` to ``[b, *shape]`` (shorter texts in a batch)."""
+    pad = []
+    for d in reversed(range(1, x.dim())):
+        pad += [0, shape[d - 1] - x.shape[d]]
+    return torch.nn.functional.pad(x, pad)
+
+
+def export_finetuned(cfg: Config, data: PreparedData, model: torch.nn.Module, run_dir: Path) -> dict:
+    """Write each live encoder's catalog vectors (from ``model``'s current weights: the trainer
+    loads the best ones first) to the store; record them in ``run_dir/finetuned_features.json``."""
+    from .models.live import live_towers
+    from .store import FeatureStore
+
+    towers = live_towers(model)
+    if not towers:
+        return {}
+    weights = hashlib.sha256((run_dir / "best.safetensors").read_bytes()).hexdigest()
+    store = FeatureStore(cfg.features_dir)
+    record = {}
+    for tower in towers:
+        tower.eval()
+        for name in tower.names:
+            enc = tower.encoders[name]
+            field = cfg.model.item_tower.live[name].field or cfg.encoders[name].fields[0]
+            fingerprint = hashlib.sha256(f"{enc.fingerprint}:finetuned:{weights}".encode()).hexdigest()
+            vectors = tower.encode_catalog(name).cpu().numpy()
+            mask = getattr(tower, f"mask_{name}").cpu().numpy()
+            keys = _keys(cfg, data, name, field)
+            fs = store.open_set(fingerprint, field, dim=vectors.shape[1], spec=f"{cfg.encoders[name].spec} "
+                                f"fine-tuned in {run_dir.name}",
+                                identity={"encoder": enc.identity(), "finetuned_weights_sha256": weights})
+            uniq: dict[str, int] = {}
+            for i, key in enumerate(keys):
+                if key is not None and mask[i]:
+                    uniq.setdefault(key, i)
+            todo = [key for key, ok in zip(uniq, fs.present(list(uniq))) if not ok]
+            if todo:
+                fs.write(todo, vectors[[uniq[key] for key in todo]])
+            record[name] = {"fingerprint": fingerprint, "field": field, "spec": cfg.encoders[name].spec}
+    (run_dir / FEATURES_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return record
+
+
+def _keys(cfg: Config, data: PreparedData, name: str, field: str) -> list:
+    from .extract import ContentKeys, _modality_of, _values
+
+    return ContentKeys.for_config(cfg).keys(_values(data, field), _modality_of(data, name, cfg.encoders[name]))
+
+
+def finetuned_set(cfg: Config, data: PreparedData, feature: str, store):
+    """(feature set, catalog keys) for ``features.<feature>: {run: RUN_DIR, encoder: NAME}``."""
+    src = cfg.features[feature]
+    path = Path(src.run) / FEATURES_FILE
+    if not path.is_file():
+        raise DataError(f"features.{feature}.run: {src.run} holds no fine-tuned features ({FEATURES_FILE}); "
+                        "it must be a finished end-to-end run (model.item_tower.live)")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if src.encoder not in record:
+        raise DataError(f"features.{feature}.encoder: run {src.run} fine-tuned {sorted(record)}, not {src.encoder!r}")
+    entry = record[src.encoder]
+    matches = store.find(fingerprint=entry["fingerprint"], field=entry["field"])
+    if not matches:
+        raise DataError(f"features.{feature}: the fine-tuned features of {src.run} are gone from the store "
+                        f"{cfg.features_dir} (removed by `store gc`?); train that run again")
+    run_cfg_path = Path(src.run) / "config.yaml"
+    from .config import load_config
+
+    run_cfg = load_config(run_cfg_path)
+    return matches[0], _keys(run_cfg, data, src.encoder, entry["field"])

@@ -1,0 +1,175 @@
+"""The end-to-end item tower: raw item content -> encoders -> fusion -> item vectors.
+
+``LiveEncoders`` sits behind the same ``ItemTower`` interface as cached features, so every model
+that takes item vectors trains its encoders with the recommendation loss unchanged. Item inputs
+are preprocessed once (tokens, pixels, waveforms: pure functions of the item, no augmentation)
+and held in memory; each forward collates the inputs of the items asked for, runs each encoder
+on the unique items only, and fuses the modalities with the same ``Fusion`` as cached features.
+
+Ranking needs the whole catalog: in eval mode (no gradients) it is encoded once in batches of
+``encode_batch_size`` (bf16 autocast on GPU) and kept until the tower trains again.
+
+Which encoder parameters train is each encoder's policy (frozen / full / top-k / bias / LoRA).
+Every module whose parameters are all frozen runs in eval mode even while training, so the
+frozen part of an encoder is deterministic (no dropout) and equals what a cache of it holds:
+with ``cached`` (top-k only) the hidden states entering the first trained block are computed
+once per item and replayed, and only the top blocks run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .towers import FILL_POLICIES, Fusion, ItemTower
+
+
+@dataclass
+class LiveSource:
+    """One live encoder and the preprocessed content of every catalog item for it.
+
+    ``inputs[i]`` is item i's preprocessed sample (a dict of tensors) or None when the item has
+    no value for the field (or its value could not be read and the encoder skips bad input).
+    ``hidden`` (cached top-k) holds, per item, the hidden state entering the first trained block.
+    """
+
+    encoder: nn.Module
+    field: str
+    policy: str
+    inputs: list[dict[str, torch.Tensor] | None]
+    keys: list[str | None] = field(default_factory=list)  # the items' content keys (for the store)
+    gradient_checkpointing: bool = False
+    cached: bool = False
+    hidden: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.tensor([x is not None for x in self.inputs], dtype=torch.bool)
+
+
+def enable_gradient_checkpointing(encoder: nn.Module, where: str) -> None:
+    """Turn on the backend's own activation checkpointing (timm, transformers, open_clip)."""
+    for module in encoder.modules():
+        if hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "config"):  # transformers
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+        if hasattr(module, "set_grad_checkpointing") and module is not encoder:  # timm, open_clip
+            module.set_grad_checkpointing(True)
+            return
+    from ..errors import ConfigError
+
+    raise ConfigError(f"{where}.gradient_checkpointing: {type(encoder).__name__} has no checkpointing support")
+
+
+class LiveEncoders(ItemTower):
+    def __init__(self, sources: dict[str, LiveSource], dim: int, fusion: str = "concat", fill: str = "zeros",
+                 encode_batch_size: int = 256):
+        super().__init__()
+        if fill not in FILL_POLICIES:
+            raise ValueError(f"fill must be one of {FILL_POLICIES}")
+        self.names = list(sources)
+        self.n_items = len(next(iter(sources.values())).inputs)
+        self.dim, self.fill, self.encode_batch_size = dim, fill, encode_batch_size
+        self.encoders = nn.ModuleDict()
+        self.inputs: dict[str, list] = {}
+        self.collates: dict[str, object] = {}
+        self.replays: dict[str, object] = {}
+        self.hidden: dict[str, torch.Tensor] = {}
+        for name, src in sources.items():
+            enc = src.encoder
+            enc.set_trainable(src.policy)
+            if src.gradient_checkpointing:
+                enable_gradient_checkpointing(enc, f"model.item_tower.live.{name}")
+            if src.cached:
+                from encoders.cut import skip_below
+
+                self.replays[name] = skip_below(enc, int(src.policy.split(":", 1)[1]))
+                self.hidden[name] = src.hidden
+            self.encoders[name] = enc
+            self.inputs[name] = src.inputs
+            self.collates[name] = enc.collate
+            self.register_buffer(f"mask_{name}", src.mask, persistent=False)
+        if fill == "learned":
+            self.missing = nn.ParameterDict({n: nn.Parameter(torch.zeros(e.dim)) for n, e in self.encoders.items()})
+        self.fuse = Fusion({n: e.dim for n, e in self.encoders.items()}, dim, fusion)
+        self._catalog: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ modes
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._catalog = None  # the weights are about to change: re-encode before ranking again
+        if mode:  # the frozen part of each encoder is deterministic: what a cache would hold
+            for enc in self.encoders.values():
+                for module in enc.modules():
+                    params = list(module.parameters())
+                    if params and not any(p.requires_grad for p in params):
+                        module.eval()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._catalog = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(vectors [len(items), D_name], present [len(items)])`` from one encoder; absent items
+        are filled by the tower's policy. ``items`` should be unique (callers de-duplicate)."""
+        enc = self.encoders[name]
+        present = getattr(self, f"mask_{name}")[items]
+        rows = items[present].tolist()
+        device = present.device
+        out = torch.zeros(len(items), enc.dim, device=device)
+        if rows:
+            batch = self.collates[name]([self.inputs[name][i] for i in rows])
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if name in self.replays:
+                self.replays[name].load(self._hidden_for(name, rows, batch, device))
+            vecs = enc(batch)
+            out = out.to(vecs.dtype).index_put((present.nonzero().squeeze(1),), vecs)
+        if self.fill == "learned":
+            out = torch.where(present.unsqueeze(1), out, self.missing[name].to(out.dtype))
+        elif self.fill == "mean" and rows and not present.all():
+            out = torch.where(present.unsqueeze(1), out, out[present].mean(0).detach())
+        return out, present
+
+    def _hidden_for(self, name: str, rows: list[int], batch: dict, device) -> torch.Tensor:
+        from encoders.cut import fit_to_batch
+
+        return fit_to_batch(self.hidden[name][rows], batch).to(device, non_blocking=True)
+
+    def _vectors(self, items: torch.Tensor) -> torch.Tensor:
+        parts, present = {}, {}
+        for name in self.names:
+            parts[name], present[name] = self.encode(name, items)
+        return self.fuse(parts, present)
+
+    def encode_catalog(self, name: str | None = None) -> torch.Tensor:
+        """Every item, in batches, without gradients: the fused vectors, or one encoder's output."""
+        device = getattr(self, f"mask_{self.names[0]}").device
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                    else contextlib.nullcontext())
+        chunks = []
+        with torch.no_grad(), autocast:
+            for start in range(0, self.n_items, self.encode_batch_size):
+                items = torch.arange(start, min(start + self.encode_batch_size, self.n_items), device=device)
+                chunks.append((self._vectors(items) if name is None else self.encode(name, items)[0]).float())
+        return torch.cat(chunks)
+
+    def forward(self, items=None):
+        if items is None:
+            if self.training or torch.is_grad_enabled():
+                return self._vectors(torch.arange(self.n_items, device=getattr(self, f"mask_{self.names[0]}").device))
+            if self._catalog is None:
+                self._catalog = self.encode_catalog()
+            return self._catalog
+        uniq, inv = torch.unique(items, return_inverse=True)
+        return self._vectors(uniq)[inv]
+
+
+def live_towers(model: nn.Module) -> list[LiveEncoders]:
+    return [m for m in model.modules() if isinstance(m, LiveEncoders)]
