@@ -269,6 +269,36 @@ def _cmd_tune(args: argparse.Namespace, overrides: list[str]) -> None:
     _emit(result, args.json, human)
 
 
+def _print_compare(r: dict[str, Any]) -> None:
+    if "arms" in r and "report_dir" not in r:  # --dry-run
+        print(f"{len(r['arms'])} arms x seeds {r['seeds']} (baseline {r['baseline']}, metric {r['metric']}):")
+        for a in r["arms"]:
+            print(f"  {a['name']:<32} {' '.join(a['overrides'])}")
+        return
+    m = r["metric"]
+    print(f"{'arm':<32} {'test ' + m:>20} {'vs baseline':>12} {'p (t)':>8} {'total s':>9}  status")
+    for a in r["arms"]:
+        if a["status"] != "ok":
+            print(f"{a['name']:<32} {'':>20} {'':>12} {'':>8} {'':>9}  FAILED: {a['error']}")
+            continue
+        t, vs = a["test"].get(m, {}), a.get("vs_baseline") or {}
+        diff = "baseline" if a["name"] == r["baseline"] else (f"{vs['diff']:+.4f}" if vs.get("diff") is not None else "")
+        p = f"{vs['p_ttest']:.4f}" if vs.get("p_ttest") is not None else ""
+        print(f"{a['name']:<32} {t.get('mean', float('nan')):>11.4f} ± {t.get('std', 0):.4f} {diff:>12} {p:>8} "
+              f"{a['cost']['total_seconds']:>9.1f}  " + ", ".join(run["status"] for run in a["runs"]))
+    for line in r["verdict"]["lines"]:
+        print(line.replace("**", ""))
+    print(f"report     {r['report_dir']}/report.md")
+
+
+def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .compare import run_compare
+
+    result = run_compare(args.config, overrides, _prepared_for, report_dir=args.report_dir, dry_run=args.dry_run)
+    if result:  # empty on the other processes of `accelerate launch`
+        _emit(result, args.json, _print_compare)
+
+
 def _command(group, name: str, func, help: str, positional: tuple[str, str] | None = ("config", "YAML config file"),
              description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand with its positional argument and ``--json`` (every result-producing command has it)."""
@@ -327,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
                   description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.")
     tu.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try for a key")
     tu.add_argument("--random", type=int, metavar="N", help="try N random combinations instead of all")
+
+    cp = _command(commands, "compare", _cmd_compare,
+                  "frozen vs fine-tuned: train a grid of arms over seeds and write a report",
+                  description="Arms come from the config's `compare` section (ID-only, frozen per feature set and "
+                              "fused, fine-tuned per encoder and policy, fine-tuned features fed back to the frozen "
+                              "model, extra arms); finished arms are reused on a re-run. " + OVERRIDES)
+    cp.add_argument("--report-dir", help="write the report here (default: <cache_dir>/compare/<name>/report)")
+    cp.add_argument("--dry-run", action="store_true", help="list the arms and their overrides; train nothing")
 
     _command(commands, "evaluate", _cmd_evaluate, "evaluate a trained run's best weights on valid and test",
              positional=RUN_DIR)

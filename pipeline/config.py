@@ -499,13 +499,22 @@ def _format_validation(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides, validate, resolve paths."""
-    path = Path(path)
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """One YAML file as a dict with its paths resolved against its own folder; a top-level
+    ``extends: other.yaml`` reads that file first and merges this one over it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"config file not found: {path}{where}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
@@ -525,6 +534,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             _set_dotted(tree, key, os.path.normpath(base / value))
     _resolve_spec_paths(tree, base)
     _resolve_feature_runs(tree, base)
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be the path of another config file, got {parent!r}")
+    parent_path = (base / parent).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise ConfigError(f"{path}: extends {parent} makes a cycle")
+    return _merge(_read_tree(parent_path, (*seen, path.resolve())), tree)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (and the file it ``extends``), apply ``key=value`` overrides, validate,
+    resolve paths."""
+    path = Path(path)
+    tree = _read_tree(path)
 
     for key, raw in parse_overrides(list(overrides or [])):
         try:

@@ -529,11 +529,41 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[Extra
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 write_link(cfg, name, field_name, encoder.fingerprint, stamp=stamp)
+                record_timing(cfg, res, accelerator)
             results.append(res)
         del encoder
     if accelerator.is_main_process:
         key_cache.save(prune=True)
     return results
+
+
+def timing_path(cfg: Config, fingerprint: str, field_name: str) -> Path:
+    from .store.keys import set_name
+
+    return cfg.features_dir / "timings" / f"{set_name(fingerprint, field_name)}.json"
+
+
+def record_timing(cfg: Config, res: ExtractResult, accelerator) -> None:
+    """Remember how fast a feature set was computed, for cost reports (``modalrec compare``) that
+    run after the features are stored. The record of the largest computation is kept: a re-run
+    that computed a handful of changed items says little about the speed."""
+    if res.computed <= 0:
+        return
+    path = timing_path(cfg, res.fingerprint, res.field)
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("computed", 0) > res.computed:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    body = {"encoder": res.encoder, "field": res.field, "spec": res.spec, "computed": res.computed,
+            "seconds": round(res.seconds, 4), "items_per_second": res.computed / max(res.seconds, 1e-9),
+            "device": str(accelerator.device), "processes": accelerator.num_processes,
+            "batch_size": cfg.extract.batch_size, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _everywhere(ok: bool, accelerator) -> bool:

@@ -81,6 +81,9 @@ def load_live(cfg: Config, data: PreparedData, accelerator=None) -> dict:
         src = LiveSource(encoder, field, live.policy, inputs, keys, live.gradient_checkpointing, live.cached)
         if live.cached:
             src.hidden = cached_hidden(cfg, name, src, accelerator)
+            # only token ids and masks are still read; pixels and waveforms need not stay in memory
+            src.inputs = [None if x is None else {key: v for key, v in x.items() if not v.is_floating_point()}
+                          for x in src.inputs]
         out[name] = src
     return out
 
@@ -107,7 +110,7 @@ def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor
         batch = enc.collate([src.inputs[i] for i in part])
         batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
         with torch.inference_mode():
-            return hidden_below(enc, batch, k).float().cpu()
+            return hidden_below(enc, batch, k).float().cpu()  # stored as float32, whatever the model's dtype
 
     # the widest item (longest text) fixes the padded shape every item is stored in
     widest = max(rows, key=lambda i: sum(v.numel() for v in src.inputs[i].values() if torch.is_tensor(v)))

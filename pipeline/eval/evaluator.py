@@ -67,10 +67,47 @@ class Evaluator:
     def evaluate(self, score: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu",
                  cold_slice: bool = True) -> dict[str, float]:
         """``score(users) -> [len(users), n_items]``. Returns ``{"recall@20": ..., "cold/recall@20": ...}``."""
-        device = torch.device(device)
-        k_max = max(self.ks)
         sums: dict[str, float] = {}
         counted = {"all": 0, "cold": 0, "warm": 0}
+        for users, values in self._batches(score, torch.device(device), cold_slice):
+            for name, v in values.items():
+                prefix = name.split("/")[0] if "/" in name else "all"
+                if prefix == "all":
+                    sums[name] = sums.get(name, 0.0) + float(v.sum())
+                else:
+                    keep = ~torch.isnan(v)
+                    if keep.any():
+                        sums[name] = sums.get(name, 0.0) + float(v[keep].sum())
+            counted["all"] += len(users)
+            if cold_slice:
+                first = next(iter(self._names()))
+                for prefix in ("cold", "warm"):
+                    counted[prefix] += int((~torch.isnan(values[f"{prefix}/{first}"])).sum())
+        result = {name: total / counted[name.split("/")[0] if "/" in name else "all"] for name, total in sums.items()}
+        result["users"] = counted["all"]
+        if cold_slice:
+            result["cold/users"], result["warm/users"] = counted["cold"], counted["warm"]
+        return result
+
+    def per_user(self, score: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu",
+                 cold_slice: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every evaluated user's own metric values (for paired significance tests between models):
+        ``(users, {"recall@20": [U], "cold/recall@20": [U], ...})``, aligned to ``users`` (the ids
+        in ``self.users``). A slice's value is NaN for users with no ground truth in that slice.
+        The mean of each ``[U]`` array is what :meth:`evaluate` reports."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for _, values in self._batches(score, torch.device(device), cold_slice):
+            for name, v in values.items():
+                parts.setdefault(name, []).append(v.double().cpu().numpy())
+        return self.users.copy(), {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def _names(self):
+        return (f"{m}@{k}" for k in self.ks for m in self.metrics)
+
+    def _batches(self, score, device: torch.device, cold_slice: bool):
+        """Per batch of users: (users, {metric: [B] tensor}); slice metrics are NaN where the user
+        has no ground truth in the slice."""
+        k_max = max(self.ks)
         cold = torch.as_tensor(self.cold_items, device=device)
         for start in range(0, len(self.users), self.batch_users):
             users = self.users[start : start + self.batch_users]
@@ -87,9 +124,7 @@ class Evaluator:
             pos = torch.searchsorted(truth_keys, query).clamp_(max=len(truth_keys) - 1)
             hits = truth_keys[pos] == query
             n_rel = torch.as_tensor(self.truth.counts()[users], device=device)
-            for name, values in topk_metrics(hits, n_rel, self.ks, self.metrics).items():
-                sums[name] = sums.get(name, 0.0) + float(values.sum())
-            counted["all"] += len(users)
+            values = dict(topk_metrics(hits, n_rel, self.ks, self.metrics))
             if cold_slice:  # the same ranking, ground truth restricted to cold (and to warm) items
                 cold_rows = torch.as_tensor(np.bincount(t_rows[self.cold_items[t_items]], minlength=len(users)),
                                             device=device)
@@ -97,13 +132,10 @@ class Evaluator:
                 for prefix, part_hits, n_part in (("cold", hits & top_cold, cold_rows),
                                                   ("warm", hits & ~top_cold, n_rel - cold_rows)):
                     keep = n_part > 0
-                    if keep.any():
-                        for name, values in topk_metrics(part_hits[keep], n_part[keep], self.ks,
-                                                         self.metrics).items():
-                            sums[f"{prefix}/{name}"] = sums.get(f"{prefix}/{name}", 0.0) + float(values.sum())
-                        counted[prefix] += int(keep.sum())
-        result = {name: total / counted[name.split("/")[0] if "/" in name else "all"] for name, total in sums.items()}
-        result["users"] = counted["all"]
-        if cold_slice:
-            result["cold/users"], result["warm/users"] = counted["cold"], counted["warm"]
-        return result
+                    sliced = topk_metrics(part_hits[keep], n_part[keep], self.ks, self.metrics) if keep.any() else {}
+                    for name in self._names():
+                        full = torch.full((len(users),), float("nan"), device=device)
+                        if name in sliced:
+                            full[keep] = sliced[name].float()
+                        values[f"{prefix}/{name}"] = full
+            yield users, values

@@ -56,18 +56,52 @@ def emb_loss(*tensors: torch.Tensor) -> torch.Tensor:
     return sum(t.norm(p=2) for t in tensors) / tensors[-1].shape[0]
 
 
+def gather_batches(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
+    """Every process's rows of each tensor, concatenated in rank order, and where this process's
+    rows start. Gradients flow back to each process's own rows (as open_clip gathers features);
+    one process (or no process group) returns the tensors unchanged. Batches may differ in size."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors, 0
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([len(tensors[0])], device=tensors[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(x) for x in sizes]
+    most = max(sizes)
+    out = []
+    for t in tensors:
+        padded = F.pad(t, [0, 0] * (t.dim() - 1) + [0, most - len(t)])
+        parts = all_gather(padded) if t.requires_grad else _gather_plain(padded)
+        out.append(torch.cat([p[:k] for p, k in zip(parts, sizes)]))
+    return tuple(out), sum(sizes[: dist.get_rank()])
+
+
+def _gather_plain(t: torch.Tensor) -> list[torch.Tensor]:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return parts
+
+
 def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: torch.Tensor | None,
-                     temperature: float = 1.0, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     temperature: float = 1.0, item_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
     """Softmax over the batch's positives as negatives, with the logQ correction for the
     popularity bias of in-batch sampling (Yi et al. 2019). Repeated items in the batch are not
-    counted as negatives of each other."""
+    counted as negatives of each other. ``item_vecs`` may hold more rows than ``user_vecs`` (the
+    positives of every process): user row r's positive is item row ``offset + r``."""
     logits = user_vecs @ item_vecs.T / temperature
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
+    target = torch.arange(len(user_vecs), device=logits.device) + offset
     if item_ids is not None:
-        same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-        logits = logits.masked_fill(same & ~torch.eye(len(item_ids), dtype=torch.bool, device=logits.device), -torch.inf)
-    return F.cross_entropy(logits, torch.arange(len(user_vecs), device=logits.device))
+        same = item_ids[target].unsqueeze(1) == item_ids.unsqueeze(0)
+        same[torch.arange(len(target), device=logits.device), target] = False
+        logits = logits.masked_fill(same, -torch.inf)
+    return F.cross_entropy(logits, target)
 
 
 def sampled_softmax(user_vecs: torch.Tensor, pos_vecs: torch.Tensor, neg_vecs: torch.Tensor,

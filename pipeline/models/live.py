@@ -125,10 +125,13 @@ class LiveEncoders(ItemTower):
         device = present.device
         out = torch.zeros(len(items), enc.dim, device=device)
         if rows:
-            batch = self.collates[name]([self.inputs[name][i] for i in rows])
+            samples = [self.inputs[name][i] for i in rows]
+            batch = self.collates[name](samples) if samples[0] else {}
+            if name in self.replays:  # cached top-k: blocks below the cut replay the stored states
+                replay = self.replays[name]
+                replay.load(self.hidden[name][rows].to(device, non_blocking=True))
+                batch = replay.stub(len(rows), batch)  # zeros for pixels / waveforms: never read
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            if name in self.replays:
-                self.replays[name].load(self._hidden_for(name, rows, batch, device))
             vecs = enc(batch)
             out = out.to(vecs.dtype).index_put((present.nonzero().squeeze(1),), vecs)
         if self.fill == "learned":
@@ -136,11 +139,6 @@ class LiveEncoders(ItemTower):
         elif self.fill == "mean" and rows and not present.all():
             out = torch.where(present.unsqueeze(1), out, out[present].mean(0).detach())
         return out, present
-
-    def _hidden_for(self, name: str, rows: list[int], batch: dict, device) -> torch.Tensor:
-        from encoders.cut import fit_to_batch
-
-        return fit_to_batch(self.hidden[name][rows], batch).to(device, non_blocking=True)
 
     def _vectors(self, items: torch.Tensor) -> torch.Tensor:
         parts, present = {}, {}

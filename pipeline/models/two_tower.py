@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Recommender, bpr_loss, in_batch_softmax, sampled_softmax
+from .base import Recommender, bpr_loss, gather_batches, in_batch_softmax, sampled_softmax
 from .towers import ItemTower
 
 
@@ -121,9 +121,11 @@ class TwoTower(Recommender):
         vecs = self.item_tower(pos if self.loss_kind == "in_batch" else torch.cat([pos, neg.reshape(-1)]))
         u = self.user_vectors(users, "valid", leave_out=vecs[:b])  # "valid" history == the train items
         vecs = self._norm(vecs)
-        if self.loss_kind == "in_batch":
-            log_q = None if self.log_q is None else self.log_q[pos]
-            return in_batch_softmax(u, vecs, log_q, self.temperature, item_ids=pos)
+        if self.loss_kind == "in_batch":  # under DDP, every process's positives are negatives
+            log_q = torch.zeros(b, device=vecs.device) if self.log_q is None else self.log_q[pos]
+            (vecs, log_q, pos), offset = gather_batches(vecs, log_q, pos)
+            return in_batch_softmax(u, vecs, None if self.log_q is None else log_q, self.temperature,
+                                    item_ids=pos, offset=offset)
         neg_vecs = vecs[b:].reshape(b, -1, vecs.shape[1])
         if self.loss_kind == "sampled_softmax":
             return sampled_softmax(u, vecs[:b], neg_vecs, self.temperature)

@@ -178,7 +178,8 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
         bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{state['best_score']:.4f}"})
         bar.update(1)
     bar.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group, and
+        tracker.finish()  # the export below and any further seeds still need it
 
     result = summarize(cfg, state, seed, run_dir)
     result.update(trainable_params=trainable_params, peak_memory_mb=_peak_memory_mb(accelerator.device))

@@ -1,0 +1,15 @@
+"""``modalrec compare``: frozen vs fine-tuned item towers on one data set, one split, one
+recommender and one budget, over several seeds, with a report (``report.md`` / ``.json`` / PNGs).
+
+- ``arms.py``  the grid: which overrides make each arm
+- ``run.py``   training every (arm, seed) resumably, per-user test metrics for the paired tests
+- ``stats.py`` paired t-test / Wilcoxon over users, Holm adjustment
+- ``costs.py`` extraction time per feature set
+- ``report.py`` the report files
+"""
+
+from .arms import Arm, baseline_arm, build_arms
+from .run import compare_dir, run_compare
+from .stats import paired_test
+
+__all__ = ["Arm", "baseline_arm", "build_arms", "compare_dir", "paired_test", "run_compare"]

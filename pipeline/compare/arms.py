@@ -1,0 +1,189 @@
+"""The arms of a comparison: each one is a list of config overrides applied to the compare config.
+
+Every arm trains the same recommender (``compare.model``) with the same `train` and `eval`
+sections; arms differ only in the item tower (and, for ``ftfeat`` arms, in one feature set):
+
+==============================  ============================================================
+``id-only``                     item ids, no content
+``frozen-<feature>``            one cached feature set (the per-modality ablation)
+``frozen-fused``                every compared feature set, fused
+``finetuned-<feature>-<p>``     the feature's encoder trained end to end with policy ``p``
+``ftfeat-<feature>-<p>``        the features that fine-tuned encoder writes, fed back to the
+                                frozen model (same seed as the fine-tuning run)
+extra (``compare.arms``)        any overrides, on top of the common ones
+==============================  ============================================================
+
+Policies (``compare.policies``): ``frozen``, ``full``, ``bias``, ``top-k:N``, ``lora`` /
+``lora:R``, and ``cached-top-k:N`` (top-k with the hidden states below the trained blocks cached).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, TowerConfig
+from ..errors import ConfigError
+
+_POLICY = re.compile(r"frozen|full|bias|lora(:\d+)?|(cached-)?top-k:\d+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class Arm:
+    name: str
+    kind: str  # id | frozen | fused | finetuned | ftfeat | custom
+    overrides: list[str]  # this arm's own overrides (the common ones and the seed come on top)
+    features: list[str] = field(default_factory=list)  # cached feature sets it reads
+    feature: str | None = None  # finetuned / ftfeat: the feature set whose encoder is fine-tuned
+    encoder: str | None = None
+    policy: str | None = None  # as written in compare.policies
+    counterpart: str | None = None  # the frozen arm a fine-tuned arm is also tested against
+    depends_on: str | None = None  # ftfeat: the finetuned arm whose run (same seed) writes its features
+    ft_feature: str | None = None  # ftfeat: the name of the feature set it adds to `features`
+    field: str | None = None  # ftfeat: the encoder's field, when the feature set names one
+
+    def seed_overrides(self, seed: int, run_dir_of) -> list[str]:
+        """Overrides that depend on the seed: an ftfeat arm reads its own seed's fine-tuned run."""
+        out = []
+        if self.kind == "ftfeat":
+            source = {"encoder": self.encoder, "run": str(run_dir_of(self.depends_on, seed))}
+            if self.field is not None:
+                source["field"] = self.field
+            out.append(f"features.{self.ft_feature}={json.dumps(source)}")
+        return [*out, f"train.seed={seed}"]
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+def policy_slug(policy: str) -> str:
+    """``top-k:2`` -> ``top2``, ``cached-top-k:2`` -> ``cached-top2``, ``lora:8`` -> ``lora8``."""
+    return policy.replace("top-k:", "top").replace("lora:", "lora")
+
+
+def _live(policy: str, field: str | None) -> dict:
+    spec: dict = {"policy": policy.removeprefix("cached-")}
+    if policy.startswith("cached-"):
+        spec["cached"] = True
+    if field is not None:
+        spec["field"] = field
+    return spec
+
+
+def _tower(ids: bool, features: list[str], live: dict | None = None) -> list[str]:
+    out = [f"model.item_tower.ids={json.dumps(ids)}", f"model.item_tower.features={json.dumps(features)}"]
+    if "live" in TowerConfig.model_fields:  # a user's own live encoders must not leak into other arms
+        out.append(f"model.item_tower.live={json.dumps(live or {})}")
+    elif live:
+        out.append(f"model.item_tower.live={json.dumps(live)}")  # fails validation: reported as a failed arm
+    return out
+
+
+def common_overrides(cfg: Config, runs_dir: Path, arm: str) -> list[str]:
+    """What every arm shares: the recommender, one seed per run, and where its runs go."""
+    out = [f"model.name={cfg.compare.model}"] if cfg.compare.model else []
+    return [*out, "train.seeds=null", f"train.runs_dir={json.dumps(str(runs_dir))}", f"train.run_name={arm}"]
+
+
+def compared_features(cfg: Config) -> list[str]:
+    c = cfg.compare
+    names = list(cfg.features) if c.features is None else list(c.features)
+    unknown = [n for n in names if n not in cfg.features]
+    if unknown:
+        raise ConfigError(f"compare.features: {unknown} not in `features` ({sorted(cfg.features)})")
+    return names
+
+
+def build_arms(cfg: Config) -> list[Arm]:
+    """The grid the `compare` section describes, in the order it runs (a fine-tuned arm before
+    the arm that reads its features)."""
+    c = cfg.compare
+    if cfg.model is None and c.model is None:
+        raise ConfigError("compare.model is null and the config has no `model` section: name the recommender")
+    features = compared_features(cfg)
+    by_encoder: dict[str, list[str]] = {}
+    for n in features:
+        if cfg.features[n].encoder is not None and getattr(cfg.features[n], "run", None) is None:
+            by_encoder.setdefault(cfg.features[n].encoder, []).append(n)
+    finetune = list(by_encoder) if c.finetune is None else list(c.finetune)
+    for e in finetune:
+        if e not in cfg.encoders:
+            raise ConfigError(f"compare.finetune: no encoder {e!r} in `encoders` ({sorted(cfg.encoders)})")
+        if e not in by_encoder:
+            raise ConfigError(f"compare.finetune: encoder {e!r} is read by none of the compared features "
+                              f"(compare.features: {features}); add a `features` entry for it")
+    bad = [p for p in c.policies if not _POLICY.fullmatch(p)]
+    if bad:
+        raise ConfigError(f"compare.policies: {bad} not understood; use frozen, full, bias, top-k:N, "
+                          "cached-top-k:N, lora or lora:R")
+    ft_feat = c.finetuned_features
+    if isinstance(ft_feat, list):
+        unknown = [p for p in ft_feat if p not in c.policies]
+        if unknown:
+            raise ConfigError(f"compare.finetuned_features: {unknown} not among compare.policies {c.policies}")
+    elif ft_feat:
+        ft_feat = list(c.policies)
+    else:
+        ft_feat = []
+
+    arms: list[Arm] = []
+    if c.id_only:
+        arms.append(Arm("id-only", "id", _tower(True, [])))
+    if len(features) == 1 or c.ablation:
+        arms += [Arm(f"frozen-{n}", "frozen", _tower(False, [n]), features=[n]) for n in features]
+    if len(features) > 1:
+        arms.append(Arm("frozen-fused", "fused", _tower(False, features), features=list(features)))
+    for e in finetune:
+        for n in by_encoder[e]:
+            src = cfg.features[n]
+            for p in c.policies:
+                name = f"finetuned-{n}-{policy_slug(p)}"
+                counterpart = f"frozen-{n}" if (len(features) == 1 or c.ablation) else None
+                arms.append(Arm(name, "finetuned", _tower(False, [], {e: _live(p, src.field)}), feature=n,
+                                encoder=e, policy=p, counterpart=counterpart))
+                if p in ft_feat:
+                    ft_name = f"ft_{n}_{policy_slug(p)}".replace("-", "_").replace(".", "_")
+                    arms.append(Arm(f"ftfeat-{n}-{policy_slug(p)}", "ftfeat", _tower(False, [ft_name]),
+                                    features=[ft_name], feature=n, encoder=e, policy=p, counterpart=counterpart,
+                                    depends_on=name, ft_feature=ft_name, field=src.field))
+    for name, keys in c.arms.items():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"compare.arms.{name}: an arm name is letters, digits, '_', '.', '-' (it names a folder)")
+        if not isinstance(keys, dict):
+            raise ConfigError(f"compare.arms.{name}: give a mapping of dotted config keys to values")
+        arms.append(Arm(name, "custom", [f"{k}={json.dumps(v)}" for k, v in keys.items()]))
+
+    names = [a.name for a in arms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"compare.arms: {dupes} clash with arms the grid already has; rename them")
+    unknown = [s for s in c.skip if s not in names]
+    if unknown:
+        raise ConfigError(f"compare.skip: {unknown} are not arms of this grid ({names})")
+    arms = [a for a in arms if a.name not in c.skip]
+    kept = {a.name for a in arms}
+    for a in arms:
+        if a.depends_on and a.depends_on not in kept:
+            raise ConfigError(f"compare.skip: arm {a.name} reads the features of {a.depends_on}, which is skipped")
+        if a.counterpart not in kept:
+            a.counterpart = None
+    if not arms:
+        raise ConfigError("compare: the grid is empty (check compare.features, compare.skip, compare.id_only)")
+    return arms
+
+
+def baseline_arm(cfg: Config, arms: list[Arm]) -> str:
+    """``compare.baseline``, else the fused frozen arm, else the only frozen one, else the first."""
+    names = [a.name for a in arms]
+    if cfg.compare.baseline is not None:
+        if cfg.compare.baseline not in names:
+            raise ConfigError(f"compare.baseline: {cfg.compare.baseline!r} is not an arm of this grid ({names})")
+        return cfg.compare.baseline
+    for kind in ("fused", "frozen"):
+        found = [a.name for a in arms if a.kind == kind]
+        if found:
+            return found[0]
+    return names[0]

@@ -1,0 +1,37 @@
+"""End-to-end fine-tuning: encoders trained jointly with the recommender on raw item content.
+
+With no arguments it runs the built-in demo config (a small CLIP's image and text towers with a
+two-tower recommender on the demo data; minutes on a CPU) on whatever hardware is present:
+
+    accelerate launch recipes/e2e_clip.py
+    python recipes/e2e_clip.py --json train.epochs=2
+    accelerate launch recipes/e2e_clip.py --config recipes/configs/e2e_clip_hm.yaml
+    python recipes/e2e_clip.py --config recipes/configs/e2e_text_hm.yaml     (MiniLM on H&M)
+
+The other encoders are configs, not scripts: e2e_timm_demo.yaml, e2e_audio_demo.yaml. Extra
+arguments are config overrides; ``--json`` prints the result of ``modalrec train --json``
+(with ``trainable_params``, ``peak_memory_mb`` and ``samples_per_second``); ``--resume``
+continues an interrupted run.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli import main
+
+DEMO = Path(__file__).resolve().parent / "configs" / "e2e_clip_demo.yaml"
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEMO), help="a config with model.item_tower.live (default: the demo)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    args, overrides = parser.parse_known_args()
+    flags = [f for f, on in (("--json", args.json), ("--resume", args.resume)) if on]
+    code = main(["train", args.config, *flags, *overrides])
+    if Path(args.config).resolve() == DEMO and not args.json and code == 0:
+        print("\nThat was a small CLIP with random weights. For pretrained weights set the encoder specs to a "
+              "tag or a file (open_clip:ViT-B-32@openai, open_clip:ViT-B-32@/path/to.safetensors) and drop "
+              "random_init; recipes/configs/e2e_clip_hm.yaml does this for H&M.")
+    sys.exit(code)
