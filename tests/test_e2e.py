@@ -218,3 +218,28 @@ def test_plain_python_recipe_json(demo, tmp_path):
                 "eval_seconds_per_epoch", "trainable_params", "peak_memory_mb", "samples_per_second"):
         assert key in result, key
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["e2e_clip_demo", "e2e_timm_demo", "e2e_audio_demo"])
+def test_each_demo_e2e_config_trains_a_step(demo, name):
+    from pipeline.models import build_model
+
+    cfg = load_config(REPO / "recipes" / "configs" / f"{name}.yaml", demo[0])
+    model = build_model(cfg.model, demo[1], {}, cfg.cache_dir, 0, live=load_live(cfg, demo[1])).train()
+    batch = next(iter(model.train_batches(demo[1], 16, seed=0)))
+    model(batch).backward()
+    trained = [p for p in model.item_tower.encoders.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+
+
+def test_hm_configs_validate_and_missing_weights_say_so(demo):
+    from encoders import WeightsNotFoundError
+
+    for name in ("e2e_clip_hm", "e2e_text_hm"):
+        cfg = load_config(REPO / "recipes" / "configs" / f"{name}.yaml")
+        assert cfg.model.item_tower.live and cfg.data.name == "hm"
+    # the hm CLIP config's weights are not in this machine's cache: one clear error, before any work
+    cfg = cfg_of(demo, "encoders.clip_image.spec=open_clip:ViT-B-32@openai", "encoders.clip_image.random_init=false",
+                 "model.item_tower={ids: false, live: {clip_image: {}}}", "extract.offline=true")
+    with pytest.raises(WeightsNotFoundError, match="ViT-B-32"):
+        load_live(cfg, demo[1])
