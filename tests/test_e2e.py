@@ -243,3 +243,19 @@ def test_hm_configs_validate_and_missing_weights_say_so(demo):
                  "model.item_tower={ids: false, live: {clip_image: {}}}", "extract.offline=true")
     with pytest.raises(WeightsNotFoundError, match="ViT-B-32"):
         load_live(cfg, demo[1])
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(demo):
+    from pipeline.models import build_model
+
+    grads = []
+    for ckpt in ("false", "true"):
+        cfg = cfg_of(demo, f"model.item_tower={{ids: false, live: {{clip_text: {{gradient_checkpointing: {ckpt}}}}}}}")
+        torch.manual_seed(0)
+        model = build_model(cfg.model, demo[1], {}, cfg.cache_dir, 0, live=load_live(cfg, demo[1])).train()
+        batch = next(iter(model.train_batches(demo[1], 16, seed=0)))
+        model(batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)

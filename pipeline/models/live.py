@@ -51,17 +51,19 @@ class LiveSource:
 
 
 def enable_gradient_checkpointing(encoder: nn.Module, where: str) -> None:
-    """Turn on the backend's own activation checkpointing (timm, transformers, open_clip)."""
+    """Turn on the backend's own activation checkpointing: transformers models through their
+    API; timm and open_clip block stacks through the ``grad_checkpointing`` switch they read."""
     for module in encoder.modules():
         if hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "config"):  # transformers
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             return
-        if hasattr(module, "set_grad_checkpointing") and module is not encoder:  # timm, open_clip
-            module.set_grad_checkpointing(True)
-            return
-    from ..errors import ConfigError
+    switches = [m for m in encoder.modules() if isinstance(getattr(m, "grad_checkpointing", None), bool)]
+    if not switches:
+        from ..errors import ConfigError
 
-    raise ConfigError(f"{where}.gradient_checkpointing: {type(encoder).__name__} has no checkpointing support")
+        raise ConfigError(f"{where}.gradient_checkpointing: {type(encoder).__name__} has no checkpointing support")
+    for module in switches:
+        module.grad_checkpointing = True
 
 
 class LiveEncoders(ItemTower):
@@ -103,11 +105,10 @@ class LiveEncoders(ItemTower):
         super().train(mode)
         self._catalog = None  # the weights are about to change: re-encode before ranking again
         if mode:  # the frozen part of each encoder is deterministic: what a cache would hold
+            from encoders.cut import train_mode
+
             for enc in self.encoders.values():
-                for module in enc.modules():
-                    params = list(module.parameters())
-                    if params and not any(p.requires_grad for p in params):
-                        module.eval()
+                train_mode(enc)
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
