@@ -259,3 +259,22 @@ def test_gradient_checkpointing_changes_nothing_but_memory(demo):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["two_tower", "sasrec", "bpr", "vbpr"])
+def test_every_vector_model_takes_the_live_tower_unchanged(demo, model_name):
+    from pipeline.models import build_model
+
+    cfg = cfg_of(demo, f"model.name={model_name}", "model.dim=16", TEXT_ONLY)
+    model = build_model(cfg.model, demo[1], {}, cfg.cache_dir, 0, live=load_live(cfg, demo[1])).train()
+    batch = next(iter(model.train_batches(demo[1], 16, seed=0)))
+    model(batch).backward()
+    assert all(p.grad is not None for p in model.item_tower.parameters() if p.requires_grad)
+    model.eval().use_history("test")
+    with torch.no_grad():
+        scores = model.score(torch.arange(4))
+        again = model.score(torch.arange(4, 8))  # the catalog is encoded once per evaluation
+    assert scores.shape == (4, demo[1].n_items) and torch.isfinite(scores).all()
+    assert model.item_tower._catalog is not None and again.shape == scores.shape
+    model.train()
+    assert model.item_tower._catalog is None  # training invalidates it
