@@ -106,15 +106,15 @@ def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor
     enc.to(device).eval()
     rows = [i for i, x in enumerate(src.inputs) if x is not None]
 
-    def compute(part: list[int]) -> torch.Tensor:
+    def compute(part: list[int], check: bool = False) -> torch.Tensor:
         batch = enc.collate([src.inputs[i] for i in part])
         batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
-        with torch.inference_mode():
-            return hidden_below(enc, batch, k).float().cpu()  # stored as float32, whatever the model's dtype
+        with torch.inference_mode():  # stored as float32, whatever the model's dtype
+            return hidden_below(enc, batch, k, check=check).float().cpu()
 
     # the widest item (longest text) fixes the padded shape every item is stored in
     widest = max(rows, key=lambda i: sum(v.numel() for v in src.inputs[i].values() if torch.is_tensor(v)))
-    shape = compute([widest]).shape[1:]
+    shape = compute([widest], check=True).shape[1:]  # also proves nothing below the cut is random
     store = FeatureStore(cfg.features_dir)
     fs = store.open_set(fingerprint, f"{src.field}.hidden", dim=int(np.prod(shape)),
                         spec=f"{cfg.encoders[name].spec} (hidden below top {k})",
