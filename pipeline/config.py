@@ -327,6 +327,7 @@ class CompareConfig(Section):
     ablation: bool = True  # a frozen arm per feature set (image only, text only, ...) besides the fused one
     finetuned_features: bool | list[str] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
+    common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
     skip: list[str] = []  # arm names left out
     html: bool = False  # also write report.html
@@ -347,26 +348,14 @@ class Config(Section):
     def _references(self) -> "Config":
         for name, src in self.features.items():
             if src.encoder is not None and src.run is None:
-                enc = self.encoders.get(src.encoder)
-                if enc is None:
-                    raise ValueError(f"features.{name}.encoder: no encoder {src.encoder!r} in `encoders`")
-                if src.field is None and len(enc.fields) != 1:
-                    raise ValueError(f"features.{name}.field: encoder {src.encoder!r} has fields {enc.fields}; pick one")
-                if src.field is not None and src.field not in enc.fields:
-                    raise ValueError(f"features.{name}.field: {src.field!r} is not among encoders.{src.encoder}.fields")
+                self._encoder_field(f"features.{name}.encoder", f"features.{name}.field", src.encoder, src.field)
         if self.model is not None and self.model.item_tower is not None:
             for f in self.model.item_tower.features:
                 if f not in self.features:
                     raise ValueError(f"model.item_tower.features: {f!r} is not in `features` ({sorted(self.features)})")
             for name, live in self.model.item_tower.live.items():
                 where = f"model.item_tower.live.{name}"
-                enc = self.encoders.get(name)
-                if enc is None:
-                    raise ValueError(f"{where}: no encoder {name!r} in `encoders` ({sorted(self.encoders)})")
-                if live.field is None and len(enc.fields) != 1:
-                    raise ValueError(f"{where}.field: encoder {name!r} has fields {enc.fields}; pick one")
-                if live.field is not None and live.field not in enc.fields:
-                    raise ValueError(f"{where}.field: {live.field!r} is not among encoders.{name}.fields")
+                self._encoder_field(where, f"{where}.field", name, live.field)
                 if live.cached and not live.policy.startswith("top-k:"):
                     raise ValueError(f"{where}.cached needs policy top-k:N (got {live.policy!r})")
         metric = self.train.valid_metric
@@ -374,6 +363,16 @@ class Config(Section):
         if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:
             raise ValueError(f"train.valid_metric {metric!r} must be one of eval.metrics at one of eval.ks")
         return self
+
+    def _encoder_field(self, encoder_key: str, field_key: str, encoder: str, field: str | None) -> None:
+        """``encoder`` is in `encoders` and ``field`` (None: its only one) is among its fields."""
+        enc = self.encoders.get(encoder)
+        if enc is None:
+            raise ValueError(f"{encoder_key}: no encoder {encoder!r} in `encoders` ({sorted(self.encoders)})")
+        if field is None and len(enc.fields) != 1:
+            raise ValueError(f"{field_key}: encoder {encoder!r} has fields {enc.fields}; pick one")
+        if field is not None and field not in enc.fields:
+            raise ValueError(f"{field_key}: {field!r} is not among encoders.{encoder}.fields")
 
     @property
     def runs_dir(self) -> Path:
@@ -460,27 +459,28 @@ def _get_dotted(tree: dict, key: str) -> Any:
     return node
 
 
+def _section_values(tree: dict, section: str, key: str):
+    """(entry, value) for every entry of a name -> mapping section (``encoders``, ``features``)
+    whose ``key`` holds a string."""
+    entries = tree.get(section)
+    for entry in entries.values() if isinstance(entries, dict) else ():
+        value = entry.get(key) if isinstance(entry, dict) else None
+        if isinstance(value, str) and value:
+            yield entry, value
+
+
 def _resolve_spec_paths(tree: dict, base: Path) -> None:
     """Encoder specs naming a relative local path (``hf-audio:./models/x``) resolve like other paths."""
-    encoders = tree.get("encoders")
-    if not isinstance(encoders, dict):
-        return
-    for entry in encoders.values():
-        spec = entry.get("spec") if isinstance(entry, dict) else None
-        if isinstance(spec, str) and ":" in spec:
-            prefix, rest = spec.split(":", 1)
-            if rest.startswith(("./", "../")):
-                entry["spec"] = f"{prefix}:{os.path.normpath(base / rest)}"
+    for entry, spec in _section_values(tree, "encoders", "spec"):
+        prefix, _, rest = spec.partition(":")
+        if rest.startswith(("./", "../")):
+            entry["spec"] = f"{prefix}:{os.path.normpath(base / rest)}"
 
 
 def _resolve_feature_runs(tree: dict, base: Path) -> None:
     """``features.<name>.run`` (a run directory) resolves like other paths."""
-    features = tree.get("features")
-    if not isinstance(features, dict):
-        return
-    for entry in features.values():
-        run = entry.get("run") if isinstance(entry, dict) else None
-        if isinstance(run, str) and run and not Path(run).is_absolute():
+    for entry, run in _section_values(tree, "features", "run"):
+        if not Path(run).is_absolute():
             entry["run"] = os.path.normpath(base / run)
 
 
