@@ -51,8 +51,8 @@ def test_no_placeholder_commands():
 
     commands = build_parser()._subparsers._group_actions[0].choices
     # every command listed is exercised by a test (extract: test_extract.py; train, evaluate,
-    # recommend, tune: test_train_cli.py; store: test_extract.py)
-    assert sorted(commands) == ["data", "evaluate", "extract", "recommend", "store", "train", "tune"]
+    # recommend, tune: test_train_cli.py; store: test_extract.py; compare: test_compare.py)
+    assert sorted(commands) == ["compare", "data", "evaluate", "extract", "recommend", "store", "train", "tune"]
     for name, sub in commands.items():
         assert name in r.stdout and sub.format_help()
 

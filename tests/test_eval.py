@@ -125,3 +125,30 @@ def test_users_without_training_data_are_skipped_by_default():
     truth = (np.array([0, 1]), np.array([1, 1]))
     assert Evaluator(2, 3, train, truth).users.tolist() == [0]
     assert Evaluator(2, 3, train, truth, skip_cold_users=False).users.tolist() == [0, 1]
+
+
+def test_per_user_values_match_reference_and_average_to_evaluate():
+    """The per-user values behind paired significance tests: each user's own reference metrics,
+    aligned to ``ev.users``, NaN outside a slice, and means equal to ``evaluate``."""
+    rng = np.random.default_rng(3)
+    n_users, n_items = 40, 30
+    train, valid, test = random_split(rng, n_users, n_items)
+    scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    ev = Evaluator(n_users, n_items, train, test, also_mask=valid, ks=(5, 10), batch_users=6)
+    users, values = ev.per_user(lambda u: torch.as_tensor(scores)[u])
+    assert np.array_equal(users, ev.users)
+    summary = ev.evaluate(lambda u: torch.as_tensor(scores)[u])
+    for name, v in values.items():
+        kept = v[~np.isnan(v)]
+        assert kept.mean() == pytest.approx(summary[name], abs=1e-6), name
+    for row, u in enumerate(users):
+        truth = set(test[1][test[0] == u])
+        masked = set(train[1][train[0] == u]) | set(valid[1][valid[0] == u])
+        order = [i for i in np.argsort(-scores[u], kind="stable") if i not in masked]
+        for name, value in reference(order, truth, 10).items():
+            assert values[name][row] == pytest.approx(value, abs=1e-6), (u, name)
+        cold = {i for i in truth if ev.cold_items[i]}
+        if cold:
+            assert values["cold/recall@10"][row] == pytest.approx(reference(order, cold, 10)["recall@10"], abs=1e-6)
+        else:
+            assert np.isnan(values["cold/recall@10"][row])

@@ -85,6 +85,7 @@ def _tower(ids: bool, features: list[str], live: dict | None = None) -> list[str
 def common_overrides(cfg: Config, runs_dir: Path, arm: str) -> list[str]:
     """What every arm shares: the recommender, one seed per run, and where its runs go."""
     out = [f"model.name={cfg.compare.model}"] if cfg.compare.model else []
+    out += [f"{k}={json.dumps(v)}" for k, v in cfg.compare.common.items()]
     return [*out, "train.seeds=null", f"train.runs_dir={json.dumps(str(runs_dir))}", f"train.run_name={arm}"]
 
 

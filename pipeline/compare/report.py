@@ -80,7 +80,8 @@ def _command(context: dict, cfg: Config, arm: Arm, seed_overrides: list[str]) ->
     parts = ["modalrec", "train", context["config"], *user]
     if cfg.compare.model:
         parts.append(f"model.name={cfg.compare.model}")
-    if cfg.train.seeds is not None:
+    parts += [f"{k}={json.dumps(v)}" for k, v in cfg.compare.common.items()]
+    if context.get("train_seeds_set"):
         parts.append("train.seeds=null")
     parts += [*arm.overrides, *seed_overrides]
     return " ".join(shlex.quote(p) for p in parts)
@@ -185,7 +186,7 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
     report = {
         "title": f"Frozen vs fine-tuned on {cfg.data.name}",
         "data": cfg.data.name, "split": data.meta.get("protocol", cfg.data.split.protocol),
-        "model": cfg.compare.model or cfg.model.name, "metric": metric, "shown_metrics": shown,
+        "model": cfg.model.name, "metric": metric, "shown_metrics": shown,
         "valid_metric": cfg.train.valid_metric, "baseline": baseline, "seeds": context["seeds"], "alpha": ALPHA,
         "users": int(len(users_ref)) if users_ref is not None else 0,
         "budget": {k2: getattr(cfg.train, k2) for k2 in ("epochs", "patience", "lr", "batch_size", "optimizer")}

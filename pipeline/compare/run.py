@@ -169,11 +169,13 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     from .report import write_report
 
     cfg = load_config(config, overrides)
-    metric = check_metric(cfg)
     arms = build_arms(cfg)
     baseline = baseline_arm(cfg, arms)
     root = compare_dir(cfg)
     runs = root / "runs"
+    # what every arm shares (recommender, compare.common): the budget and evaluation the report states
+    shared = load_config(config, [*overrides, *common_overrides(cfg, runs, "shared")])
+    metric = check_metric(shared)
     stamps = root / "stamps"
     seeds = list(cfg.compare.seeds)
 
@@ -267,10 +269,11 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     if not main:
         return {}
     context = {"config": str(config), "overrides": list(overrides), "compare_dir": str(root), "metric": metric,
+               "train_seeds_set": cfg.train.seeds is not None,
                "baseline": baseline, "seeds": seeds, "extraction": extracted, "extraction_errors": extract_errors,
                "extraction_costs": costs}
     target = Path(report_dir) if report_dir is not None else root / "report"
-    return write_report(cfg, data, arms, outcomes, context, target)
+    return write_report(shared, data, arms, outcomes, context, target)
 
 
 class _Blocked(Exception):

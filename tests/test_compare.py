@@ -1,0 +1,254 @@
+"""`modalrec compare`: a tiny grid (ids, frozen, fused, fine-tuned, fine-tuned features fed back,
+two arms that fail) on a small demo with tiny encoders; its report, significance, resume, and
+reproduction of single arms with `modalrec train`."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import encoder_fixtures as fx
+from conftest import REPO
+
+DEMO = REPO / "recipes" / "configs" / "demo.yaml"
+
+
+def modalrec(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """Run the grid once: (overrides, report, report_dir)."""
+    from pipeline.cli import _prepared_for
+    from pipeline.compare import run_compare
+
+    tmp = tmp_path_factory.mktemp("compare")
+    vit, bert = fx.build_timm_vit(tmp / "vit"), fx.build_hf_bert(tmp / "bert")
+    encoders = {"text": {"spec": f"hf:{bert}", "fields": ["text"]}, "image": {"spec": f"timm:{vit}", "fields": ["image"]}}
+    overrides = [
+        f"cache_dir={tmp}", f"data.root={tmp}/raw", "data.demo.n_items=120", "data.demo.n_users=100",
+        f"encoders={json.dumps(encoders)}", "features={text: {encoder: text}, image: {encoder: image}}",
+        "extract.num_workers=0", "train.epochs=2", "train.lr=0.01", "train.batch_size=256", "train.progress=false",
+        "train.tensorboard=false", "train.encode_batch_size=64", "eval.ks=[10,20]",
+        "compare.seeds=[1,2]", "compare.finetune=[image]", "compare.policies=[top-k:9, top-k:1]",
+        "compare.finetuned_features=[top-k:1]", "compare.html=true",
+        "compare.arms={bad-key: {model.two_tower.nope: 1}}",
+    ]
+    report = run_compare(DEMO, overrides, _prepared_for)
+    return overrides, report, tmp / "compare" / "demo" / "report"
+
+
+def _arms(report):
+    return {a["name"]: a for a in report["arms"]}
+
+
+def test_report_has_every_section(grid):
+    from pipeline.compare.report import SECTIONS
+
+    _, report, out = grid
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in md, section
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert all(f"<h2>{s}</h2>" in html for s in SECTIONS)
+    for png in ("metrics.png", "learning_curves.png", "cost.png", "cold_start.png", "ablation.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"]({png})" in md
+    assert json.loads((out / "report.json").read_text(encoding="utf-8")) == json.loads(json.dumps(report, default=str))
+
+    arms = _arms(report)
+    assert list(arms) == ["id-only", "frozen-text", "frozen-image", "frozen-fused", "finetuned-image-top9",
+                          "finetuned-image-top1", "ftfeat-image-top1", "bad-key"]
+    assert report["baseline"] == "frozen-fused" and report["metric"] == "recall@20"
+    for name, a in arms.items():
+        if name in ("finetuned-image-top9", "bad-key"):
+            continue
+        assert a["status"] == "ok", (name, a.get("error"))
+        assert [r["seed"] for r in a["runs"]] == [1, 2]
+        seeds = [json.loads(open(f"{r['run_dir']}/result.json").read())["test"]["recall@20"] for r in a["runs"]]
+        assert a["test"]["recall@20"] == pytest.approx({"mean": np.mean(seeds), "std": np.std(seeds, ddof=1)})
+        assert "cold/recall@20" in a["test"] and "warm/recall@20" in a["test"]
+        c = a["cost"]
+        assert c["run_seconds"] > 0 and c["total_seconds"] >= c["run_seconds"] and c["epochs"] == 2
+        assert c["trainable_params"] > 0 and c["peak_memory_mb"] > 0
+        assert len(a["curves"]["valid"]) == 2 and all(v is not None for v in a["curves"]["valid"])
+        assert a["reeval_max_abs_diff"] < 1e-6  # re-scored best weights give the training-time test metric
+    # extraction is charged to the frozen arms that read the features, not to the others
+    assert arms["frozen-text"]["cost"]["extraction_seconds"] > 0
+    assert arms["frozen-fused"]["cost"]["extraction_seconds"] == pytest.approx(
+        arms["frozen-text"]["cost"]["extraction_seconds"] + arms["frozen-image"]["cost"]["extraction_seconds"])
+    assert arms["id-only"]["cost"]["extraction_seconds"] == 0
+    # fine-tuned features cost their fine-tuning run too; the fine-tuned arm trains fewer params than full
+    assert arms["ftfeat-image-top1"]["cost"]["finetune_run_seconds"] == arms["finetuned-image-top1"]["cost"]["run_seconds"]
+    assert arms["finetuned-image-top1"]["counterpart"] == "frozen-image"
+    assert arms["finetuned-image-top1"]["vs_counterpart"]["n"] == report["users"] > 0
+
+    # the failing arms are reported with their errors; every other arm completed
+    top9, bad = arms["finetuned-image-top9"], arms["bad-key"]
+    assert top9["status"] == "failed" and "top-k:9" in top9["error"] and "out of range" in top9["error"]
+    assert bad["status"] == "failed" and "model.two_tower.nope" in bad["error"] and "unknown key" in bad["error"]
+    assert [r["seed"] for r in top9["runs"]] == [1]  # a failed arm's other seeds are not tried
+    assert "finetuned-image-top9" in md.split("## Failed arms")[1] and "out of range" in md
+
+    v = report["verdict"]
+    assert v["accuracy"] in arms and v["cost"] in arms
+    assert any(line.startswith("Most accurate: **") for line in v["lines"])
+    assert any(line.startswith("Best accuracy per unit of cost: **") for line in v["lines"])
+    assert any(line.startswith("Fine-tuning: ") for line in v["lines"])
+    best = max((a["test"]["recall@20"]["mean"], n) for n, a in arms.items() if a["status"] == "ok")[1]
+    assert v["accuracy"] == best
+
+    ablation = {r["modality"]: r for r in report["ablation"]}
+    assert set(ablation) == {"none (ids)", "text only", "image only", "fused: text + image"}
+    assert ablation["image only"]["finetuned_arm"] == "finetuned-image-top1"
+    assert ablation["image only"]["ftfeat_arm"] == "ftfeat-image-top1"
+    assert ablation["text only"].get("finetuned_arm") is None
+
+
+def test_significance_matches_scipy(grid):
+    """Paired tests over test users, each user's value averaged over seeds, against scipy."""
+    from safetensors.numpy import load_file
+
+    _, report, _ = grid
+    arms = _arms(report)
+
+    def per_user(name):
+        files = [load_file(f"{r['run_dir']}/per_user.safetensors") for r in arms[name]["runs"]]
+        for f, r in zip(files, arms[name]["runs"]):  # each seed's per-user values average to its test metric
+            result = json.loads(open(f"{r['run_dir']}/result.json").read())
+            assert f["recall@20"].mean() == pytest.approx(result["test"]["recall@20"], abs=1e-7)  # float32 sums
+        return np.mean([f["recall@20"] for f in files], axis=0), np.mean([f["cold/recall@20"] for f in files], axis=0)
+
+    base, base_cold = per_user("frozen-fused")
+    checked = 0
+    for name, a in arms.items():
+        if a["status"] != "ok" or name == "frozen-fused":
+            continue
+        ours, ours_cold = per_user(name)
+        vs = a["vs_baseline"]
+        assert vs["n"] == len(base) == report["users"]
+        assert vs["diff"] == pytest.approx(float(np.mean(ours - base)), abs=1e-12)
+        if np.any(ours != base):
+            assert vs["p_ttest"] == pytest.approx(stats.ttest_rel(ours, base).pvalue, rel=1e-9)
+            assert vs["p_wilcoxon"] == pytest.approx(stats.wilcoxon(ours, base).pvalue, rel=1e-9)
+            checked += 1
+        keep = ~np.isnan(ours_cold) & ~np.isnan(base_cold)
+        cold = a["cold_vs_baseline"]
+        assert cold["n"] == int(keep.sum()) > 0
+        if np.any(ours_cold[keep] != base_cold[keep]):
+            assert cold["p_ttest"] == pytest.approx(stats.ttest_rel(ours_cold[keep], base_cold[keep]).pvalue, rel=1e-9)
+    assert checked >= 3
+    # Holm: the smallest p times the number of tests, then never decreasing
+    family = sorted((a["vs_baseline"]["p_ttest"], a["vs_baseline"]["p_holm"]) for a in arms.values()
+                    if a.get("vs_baseline"))
+    m = len(family)
+    assert family[0][1] == pytest.approx(min(1.0, m * family[0][0]))
+    assert all(h2 >= h1 for (_, h1), (_, h2) in zip(family, family[1:]))
+
+
+def test_paired_test_edge_cases():
+    from pipeline.compare.stats import holm, paired_test
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(50), rng.random(50)
+    a[[3, 7]] = np.nan  # users outside a slice drop out pairwise
+    r = paired_test(a, b)
+    keep = ~np.isnan(a)
+    assert r["n"] == 48
+    assert r["p_ttest"] == pytest.approx(stats.ttest_rel(a[keep], b[keep]).pvalue)
+    assert r["p_wilcoxon"] == pytest.approx(stats.wilcoxon(a[keep], b[keep]).pvalue)
+    lo, hi = r["ci95"]
+    assert lo < r["diff"] < hi
+    same = paired_test(b, b)
+    assert same["p_ttest"] == 1.0 and same["p_wilcoxon"] == 1.0 and same["diff"] == 0.0
+    assert holm({"x": 0.01, "y": 0.04, "z": None, "w": 0.03}) == pytest.approx(
+        {"x": 0.03, "y": 0.06, "z": None, "w": 0.06})
+
+
+def test_resume_skips_finished_arms(grid, monkeypatch):
+    import pipeline.train as train_module
+    from pipeline.cli import _prepared_for
+    from pipeline.compare import run_compare
+
+    overrides, first, _ = grid
+    calls = []
+    real = train_module.run_training
+
+    def spy(cfg, data, resume=False, **kw):
+        calls.append((cfg.train.run_name, cfg.train.seed, resume))
+        return real(cfg, data, resume=resume, **kw)
+
+    monkeypatch.setattr(train_module, "run_training", spy)
+    again = run_compare(DEMO, overrides, _prepared_for)
+    # finished arms are reused; only the failed ones are tried again (and fail again)
+    assert calls == [("finetuned-image-top9", 1, False)]
+    assert all(r["status"] == "reused" for a in again["arms"] if a["status"] == "ok" for r in a["runs"])
+    for a, b in zip(first["arms"], again["arms"]):
+        assert a.get("test") == b.get("test") and a.get("vs_baseline") == b.get("vs_baseline")
+
+    # a run killed before it finished (its stamp still says started) continues from its checkpoint;
+    # a run whose config or data changed (its stamp's hash no longer matches) trains again from scratch
+    stamps = Path(first["compare_dir"]) / "stamps"
+    killed = stamps / "frozen-text-s2.json"
+    killed.write_text(killed.read_text().replace('"state": "finished"', '"state": "started"'))
+    changed = stamps / "id-only-s1.json"
+    changed.write_text(changed.read_text().replace('"hash": "', '"hash": "0'))
+    calls.clear()
+    third = run_compare(DEMO, overrides, _prepared_for)
+    assert sorted(calls) == [("finetuned-image-top9", 1, False), ("frozen-text", 2, True), ("id-only", 1, False)]
+    for a, b in zip(first["arms"], third["arms"]):
+        if a["status"] == "ok":  # the same seed and config give the same numbers
+            flat = {f"{k}/{s}": v[s] for k, v in a["test"].items() for s in ("mean", "std")}
+            assert {f"{k}/{s}": v[s] for k, v in b["test"].items() for s in ("mean", "std")} == pytest.approx(flat)
+
+
+def test_single_arms_reproduce_with_modalrec_train(grid):
+    """The report's commands retrain one (arm, seed) with `modalrec train`: same numbers."""
+    _, report, _ = grid
+    arms = _arms(report)
+    for name, seed in (("frozen-fused", 1), ("ftfeat-image-top1", 2)):
+        run = next(r for r in arms[name]["runs"] if r["seed"] == seed)
+        words = shlex.split(run["command"])
+        assert words[:2] == ["modalrec", "train"] and not any(w.startswith("compare.") for w in words)
+        r = modalrec(*words[1:], "--json")
+        assert r.returncode == 0, r.stderr
+        again = json.loads(r.stdout)["test"]
+        original = json.loads(open(f"{run['run_dir']}/result.json").read())["test"]
+        assert again == pytest.approx(original, rel=1e-6), name
+
+
+def test_cli_dry_run_and_config_errors(tmp_path):
+    from pipeline.cli import _prepared_for
+    from pipeline.compare import run_compare
+    from pipeline.errors import ConfigError
+
+    base = [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw"]
+    r = modalrec("compare", DEMO, "--dry-run", "--json", *base, "compare.policies=[full, cached-top-k:2]")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    names = [a["name"] for a in out["arms"]]
+    assert names[:5] == ["id-only", "frozen-text", "frozen-image", "frozen-audio", "frozen-fused"]
+    assert {"finetuned-audio-cached-top2", "ftfeat-text-full"} <= set(names) and out["baseline"] == "frozen-fused"
+    cached = next(a for a in out["arms"] if a["name"] == "finetuned-image-cached-top2")
+    assert 'model.item_tower.live={"image": {"policy": "top-k:2", "cached": true}}' in cached["run_overrides"]
+    assert not (tmp_path / "compare").exists()  # a dry run trains nothing
+
+    r = modalrec("compare", DEMO, "--dry-run", *base, "compare.features=[nope]")
+    assert r.returncode == 2 and "compare.features" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for bad, words in (("compare.policies=[top-k]", ("compare.policies", "top-k")),
+                       ("compare.baseline=nope", ("compare.baseline", "nope")),
+                       ("compare.metric=recall@7", ("compare.metric", "eval.ks")),
+                       ("compare.finetune=[nope]", ("compare.finetune", "nope")),
+                       ("compare.skip=[finetuned-text-full]", ("compare.skip", "ftfeat-text-full")),
+                       ("compare.arms={frozen-text: {train.lr: 0.1}}", ("compare.arms", "frozen-text")),
+                       ("compare.seedz=[1]", ("compare.seedz", "unknown key"))):
+        with pytest.raises(ConfigError) as e:
+            run_compare(DEMO, [*base, bad], _prepared_for, dry_run=True)
+        assert all(w in str(e.value) for w in words), (bad, str(e.value))
