@@ -230,7 +230,8 @@ def test_cli_dry_run_and_config_errors(tmp_path):
     from pipeline.errors import ConfigError
 
     base = [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw"]
-    r = modalrec("compare", DEMO, "--dry-run", "--json", *base, "compare.policies=[full, cached-top-k:2]")
+    r = modalrec("compare", DEMO, "--dry-run", "--json", *base, "compare.policies=[full, cached-top-k:2]",
+                 "compare.common={train.epochs: 9, model: {dim: 16}}", "compare.common.train.lr=0.5")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     names = [a["name"] for a in out["arms"]]
@@ -238,6 +239,8 @@ def test_cli_dry_run_and_config_errors(tmp_path):
     assert {"finetuned-audio-cached-top2", "ftfeat-text-full"} <= set(names) and out["baseline"] == "frozen-fused"
     cached = next(a for a in out["arms"] if a["name"] == "finetuned-image-cached-top2")
     assert 'model.item_tower.live={"image": {"policy": "top-k:2", "cached": true}}' in cached["run_overrides"]
+    # the budget every arm shares: dotted keys in YAML and nested ones from overrides alike
+    assert {"train.epochs=9", "model.dim=16", "train.lr=0.5"} <= set(cached["run_overrides"])
     assert not (tmp_path / "compare").exists()  # a dry run trains nothing
 
     r = modalrec("compare", DEMO, "--dry-run", *base, "compare.features=[nope]")

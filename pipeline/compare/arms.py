@@ -82,10 +82,24 @@ def _tower(ids: bool, features: list[str], live: dict | None = None) -> list[str
     return out
 
 
+def as_overrides(tree: dict, prefix: str = "") -> list[str]:
+    """``{"train.epochs": 5, "model": {"dim": 32}}`` -> ``["train.epochs=5", "model.dim=32"]``: a
+    mapping in YAML (dotted keys) and one built by command-line overrides (``compare.common.train.epochs=5``
+    nests it) say the same thing. Lists and empty mappings are values."""
+    out: list[str] = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += as_overrides(value, name + ".")
+        else:
+            out.append(f"{name}={json.dumps(value)}")
+    return out
+
+
 def common_overrides(cfg: Config, runs_dir: Path, arm: str) -> list[str]:
     """What every arm shares: the recommender, one seed per run, and where its runs go."""
     out = [f"model.name={cfg.compare.model}"] if cfg.compare.model else []
-    out += [f"{k}={json.dumps(v)}" for k, v in cfg.compare.common.items()]
+    out += as_overrides(cfg.compare.common)
     return [*out, "train.seeds=null", f"train.runs_dir={json.dumps(str(runs_dir))}", f"train.run_name={arm}"]
 
 
@@ -155,7 +169,7 @@ def build_arms(cfg: Config) -> list[Arm]:
             raise ConfigError(f"compare.arms.{name}: an arm name is letters, digits, '_', '.', '-' (it names a folder)")
         if not isinstance(keys, dict):
             raise ConfigError(f"compare.arms.{name}: give a mapping of dotted config keys to values")
-        arms.append(Arm(name, "custom", [f"{k}={json.dumps(v)}" for k, v in keys.items()]))
+        arms.append(Arm(name, "custom", as_overrides(keys)))
 
     names = [a.name for a in arms]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_directory
 from ..config import Config
 from ..data import PreparedData
-from .arms import Arm
+from .arms import Arm, as_overrides
 from .stats import holm, mean_std, paired_test
 
 ALPHA = 0.05
@@ -80,7 +80,7 @@ def _command(context: dict, cfg: Config, arm: Arm, seed_overrides: list[str]) ->
     parts = ["modalrec", "train", context["config"], *user]
     if cfg.compare.model:
         parts.append(f"model.name={cfg.compare.model}")
-    parts += [f"{k}={json.dumps(v)}" for k, v in cfg.compare.common.items()]
+    parts += as_overrides(cfg.compare.common)
     if context.get("train_seeds_set"):
         parts.append("train.seeds=null")
     parts += [*arm.overrides, *seed_overrides]

@@ -189,16 +189,16 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
 
     state = PartialState()
     main = state.is_main_process
-    data = prepare(cfg) if main else None
+    data = prepare(shared) if main else None
     state.wait_for_everyone()
     if data is None:
-        data = PreparedData.load(cfg.prepared_dir)
-    features = compared_features(cfg)
+        data = PreparedData.load(shared.prepared_dir)
+    features = compared_features(shared)
     from accelerate import Accelerator
 
-    extracted, extract_errors = _extract(cfg, data, features, Accelerator())
-    costs = extraction_costs(cfg, data, [f for f in features if not any(
-        cfg.features[f].encoder == e for e in extract_errors)]) if main else {}
+    extracted, extract_errors = _extract(shared, data, features, Accelerator())
+    costs = extraction_costs(shared, data, [f for f in features if shared.features[f].encoder not in extract_errors]) \
+        if main else {}
 
     if main:
         stamps.mkdir(parents=True, exist_ok=True)
@@ -208,8 +208,8 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     step = 0
     for arm in arms:
         out = outcomes[arm.name] = {"status": "ok", "error": None, "seeds": []}
-        blocked = next((extract_errors[cfg.features[f].encoder] for f in arm.features
-                        if f in cfg.features and cfg.features[f].encoder in extract_errors), None)
+        blocked = next((extract_errors[shared.features[f].encoder] for f in arm.features
+                        if f in shared.features and shared.features[f].encoder in extract_errors), None)
         if arm.depends_on and outcomes.get(arm.depends_on, {}).get("status") != "ok":
             blocked = f"reads the fine-tuned features of arm {arm.depends_on}, which failed"
         for seed in seeds:
