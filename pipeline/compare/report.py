@@ -416,6 +416,11 @@ def _f(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _d(x) -> str:
+    """A difference, with its sign."""
+    return "n/a" if x is None else f"{x:+.4f}"
+
+
 def _ms(d: dict | None) -> str:
     return "n/a" if not d else f"{d['mean']:.4f} ± {d['std']:.4f}"
 
@@ -448,10 +453,10 @@ def blocks(report: dict) -> list[tuple]:
     for a in ok:
         vs, ref = a.get("vs_baseline") or {}, a.get("vs_counterpart") or {}
         rows.append([a["name"], a["label"], *[_ms(a["test"].get(x)) for x in report["shown_metrics"]],
-                     "baseline" if a["name"] == base else _f(vs.get("diff")),
+                     "baseline" if a["name"] == base else _d(vs.get("diff")),
                      _p(vs.get("p_ttest")) if vs else "", _p(vs.get("p_holm")) if vs else "",
                      _p(vs.get("p_wilcoxon")) if vs else "",
-                     (f"{_f(ref.get('diff'))} (p {_p(ref.get('p_ttest'))})" if ref else "")])
+                     (f"{_d(ref.get('diff'))} (p {_p(ref.get('p_ttest'))})" if ref else "")])
     out.append(("table", ["arm", "kind", *[f"{x}" for x in report["shown_metrics"]], f"Δ {m}", "p (t)",
                           "p (Holm)", "p (Wilcoxon)", "vs frozen"], rows))
     drift = [a for a in ok if (a.get("reeval_max_abs_diff") or 0) > 1e-4]
@@ -499,7 +504,7 @@ def blocks(report: dict) -> list[tuple]:
         for a in cold:
             vs = a.get("cold_vs_baseline") or {}
             rows.append([a["name"], _ms(a["test"].get(f"cold/{m}")), _ms(a["test"].get(f"warm/{m}")),
-                         "baseline" if a["name"] == base else _f(vs.get("diff")), _p(vs.get("p_ttest")) if vs else "",
+                         "baseline" if a["name"] == base else _d(vs.get("diff")), _p(vs.get("p_ttest")) if vs else "",
                          _p(vs.get("p_wilcoxon")) if vs else ""])
         out.append(("table", ["arm", f"cold {m}", f"warm {m}", "Δ cold", "p (t)", "p (Wilcoxon)"], rows))
         out.append(("img", "cold_start.png", "cold-start slice"))

@@ -161,7 +161,7 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
                 report_dir: str | Path | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Run (or reuse) every arm of ``config``'s `compare` grid and write the report; returns the
     report's JSON object (``dry_run``: only the arms and their overrides)."""
-    from accelerate import PartialState
+    from accelerate import Accelerator, PartialState
 
     from ..train import run_training
     from ..train.trainer import run_dir_for
@@ -194,8 +194,6 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     if data is None:
         data = PreparedData.load(shared.prepared_dir)
     features = compared_features(shared)
-    from accelerate import Accelerator
-
     extracted, extract_errors = _extract(shared, data, features, Accelerator())
     costs = extraction_costs(shared, data, [f for f in features if shared.features[f].encoder not in extract_errors]) \
         if main else {}
