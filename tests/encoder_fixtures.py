@@ -32,17 +32,26 @@ def build_timm_vit(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def build_timm_convnext(root: Path, seed: int = 0) -> Path:
+def _build_timm_cnn(root: Path, name: str, args: dict, size: int, seed: int) -> Path:
     import timm
     from timm.models import save_for_hf
 
-    args = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
     torch.manual_seed(seed)
-    model = timm.create_model("convnext_atto", pretrained=False, num_classes=0, **args)
-    data = dict(input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", crop_mode="center",
+    model = timm.create_model(name, pretrained=False, num_classes=0, **args)
+    data = dict(input_size=(3, size, size), crop_pct=1.0, interpolation="bilinear", crop_mode="center",
                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     save_for_hf(model, root, safe_serialization=True, model_args=args, data_config=data)
     return root
+
+
+def build_timm_convnext(root: Path, seed: int = 0) -> Path:
+    return _build_timm_cnn(root, "convnext_atto", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), 48, seed)
+
+
+def build_timm_resnet(root: Path, seed: int = 0) -> Path:
+    """A ResNet whose blocks are the layer1..layer4 attributes (not a ModuleList)."""
+    return _build_timm_cnn(root, "resnet18", dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8),
+                           32, seed)
 
 
 def build_hf_vit(root: Path, seed: int = 0) -> Path:

@@ -25,20 +25,6 @@ TEXTS = ["red hat", "a warm green sock with leather boots", "blue scarf."]
 ATOL = 1e-5
 
 
-def build_timm_resnet(root: Path, seed: int = 0) -> Path:
-    """A ResNet whose blocks are the layer1..layer4 attributes (not a ModuleList)."""
-    import timm
-    from timm.models import save_for_hf
-
-    args = dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8)
-    torch.manual_seed(seed)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=0, **args)
-    data = dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear", crop_mode="center",
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    save_for_hf(model, root, safe_serialization=True, model_args=args, data_config=data)
-    return root
-
-
 def build_wav2vec2(root: Path, seed: int = 0, **config) -> Path:
     """wav2vec2 with a chosen config (the fixture's default draws random numbers before any block)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
@@ -67,7 +53,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     clip_cfg, clip_weights = fx.build_open_clip(root / "clip")
     paths = {
         "timm_vit": fx.build_timm_vit(root / "timm_vit"),
-        "timm_resnet": build_timm_resnet(root / "timm_resnet"),
+        "timm_resnet": fx.build_timm_resnet(root / "timm_resnet"),
         "timm_cnx": fx.build_timm_convnext(root / "timm_cnx"),
         "hf_vit": fx.build_hf_vit(root / "hf_vit"),
         "bert": fx.build_hf_bert(root / "bert"),
