@@ -168,6 +168,7 @@ def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
         loss = in_batch_softmax(u, v_all, q_all, 0.5, item_ids=ids_all, offset=offset)
         loss.backward()
         torch.save({"loss": loss.detach(), "gu": u.grad, "gv": v.grad}, f"{out}/{n}-{rank}.pt")
+    dist.barrier()  # neither process tears the group down while the other is still in a collective
     dist.destroy_process_group()
 
 
