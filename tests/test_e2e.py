@@ -228,6 +228,7 @@ def test_each_demo_e2e_config_trains_a_step(demo, name):
     cfg = load_config(REPO / "recipes" / "configs" / f"{name}.yaml", demo[0])
     model = build_model(cfg.model, demo[1], {}, cfg.cache_dir, 0, live=load_live(cfg, demo[1])).train()
     batch = next(iter(model.train_batches(demo[1], 16, seed=0)))
+    torch.manual_seed(0)  # wav2vec2 skips layers at random in training (layerdrop): a fixed draw
     model(batch).backward()
     trained = [p for p in model.item_tower.encoders.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None for p in trained)

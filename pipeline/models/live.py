@@ -77,7 +77,6 @@ class LiveEncoders(ItemTower):
         self.dim, self.fill, self.encode_batch_size = dim, fill, encode_batch_size
         self.encoders = nn.ModuleDict()
         self.inputs: dict[str, list] = {}
-        self.collates: dict[str, object] = {}
         self.replays: dict[str, object] = {}
         self.hidden: dict[str, torch.Tensor] = {}
         for name, src in sources.items():
@@ -92,7 +91,6 @@ class LiveEncoders(ItemTower):
                 self.hidden[name] = src.hidden
             self.encoders[name] = enc
             self.inputs[name] = src.inputs
-            self.collates[name] = enc.collate
             self.register_buffer(f"mask_{name}", src.mask, persistent=False)
         if fill == "learned":
             self.missing = nn.ParameterDict({n: nn.Parameter(torch.zeros(e.dim)) for n, e in self.encoders.items()})
@@ -127,7 +125,7 @@ class LiveEncoders(ItemTower):
         out = torch.zeros(len(items), enc.dim, device=device)
         if rows:
             samples = [self.inputs[name][i] for i in rows]
-            batch = self.collates[name](samples) if samples[0] else {}
+            batch = enc.collate(samples) if samples[0] else {}
             if name in self.replays:  # cached top-k: blocks below the cut replay the stored states
                 replay = self.replays[name]
                 replay.load(self.hidden[name][rows].to(device, non_blocking=True))
