@@ -292,6 +292,7 @@ class TrainConfig(Section):
     encoder_weight_decay: float | None = Field(None, ge=0)  # live encoders' weight decay (default: weight_decay)
     warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up over this many optimizer steps
     encode_batch_size: int = Field(256, gt=0)  # live encoders: items per forward when encoding the catalog
+    keep_freed_memory: bool = True  # on CPU, freed memory stays in the process between steps (pipeline/train/cpu_memory.py)
     runs_dir: Path | None = None  # default: <cache_dir>/runs
     run_name: str | None = None  # default: <data>-<model>-s<seed>
     tensorboard: bool = True

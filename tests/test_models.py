@@ -133,3 +133,12 @@ def test_model_settings_live_under_the_model_name(demo):
     assert cfg.model.params.dropout == 0.5 and cfg.model.bpr.reg_weight == 3
     with pytest.raises(ConfigError, match=r"model\.freedom\.dropot: unknown key"):
         load_config(DEMO, [*overrides, "model.freedom.dropot=0.5"])
+
+
+def test_trainer_keeps_freed_memory_on_cpu_unless_told_not_to(demo, monkeypatch):
+    calls = []
+    monkeypatch.setattr("pipeline.train.trainer.keep_freed_memory", lambda: calls.append(1) or True)
+    run(demo, "model.name=bpr", epochs=1)
+    assert calls == [1]
+    run(demo, "model.name=bpr", "train.keep_freed_memory=false", epochs=1)
+    assert calls == [1]

@@ -64,11 +64,13 @@ class FREEDOM(Recommender):
 
     def loss(self, batch):
         users, items = self.embeddings(self.epoch_r, self.epoch_rt)
-        u = users[batch["users"]]
-        pos, neg = batch["pos"], batch["neg"]
+        u = users.index_select(0, batch["users"])  # index_select: a cheap backward (see LightGCN)
+        n = len(batch["pos"])
+        both = torch.cat([batch["pos"], batch["neg"]])
 
         def bpr(item_vecs):
-            return -F.logsigmoid((u * item_vecs[pos]).sum(-1) - (u * item_vecs[neg]).sum(-1)).mean()
+            its = item_vecs.index_select(0, both)
+            return -F.logsigmoid((u * its[:n]).sum(-1) - (u * its[n:]).sum(-1)).mean()
 
         loss = bpr(items)
         if self.reg_weight > 0:

@@ -49,7 +49,9 @@ class LightGCN(Recommender):
         u_idx, pos_idx, neg_idx = batch["users"], batch["pos"], batch["neg"]
         n = len(pos_idx)
         both = torch.cat([pos_idx, neg_idx])
-        u, its = users[u_idx], items[both]  # one gather (one scatter in backward) for pos and neg
+        # index_select, not users[u_idx]: its backward is an index_add, several times faster on CPU
+        # than the accumulating index_put that tensor indexing runs backward
+        u, its = users.index_select(0, u_idx), items.index_select(0, both)  # pos and neg in one gather
         scale = 1.0 / (self.n_layers + 1) ** 2
         loss = bpr_loss(scale * (u * its[:n]).sum(-1), scale * (u * its[n:]).sum(-1))
         ego_items = self.item_tower(both)

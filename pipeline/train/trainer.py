@@ -32,6 +32,7 @@ from ..errors import ConfigError, ModalrecError
 from ..eval import Evaluator
 from ..models import build_model
 from .checkpoint import load_checkpoint, save_checkpoint
+from .cpu_memory import keep_freed_memory
 
 
 def run_dir_for(cfg: Config, seed: int) -> Path:
@@ -93,6 +94,8 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                                              log_with="tensorboard" if cfg.train.tensorboard else None,
                                              project_dir=str(run_dir))
     set_seed(seed)
+    if accelerator.device.type == "cpu" and cfg.train.keep_freed_memory:
+        keep_freed_memory()
     main = accelerator.is_main_process
     if main:
         if run_dir.exists() and not resume:
