@@ -10,18 +10,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Recommender, bpr_loss, emb_loss, normalized_bipartite, spmm
+from .base import Recommender, bpr_loss, emb_loss, normalized_bipartite
 from .towers import ItemTower
+
+
+def layer_sum(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: torch.Tensor,
+              n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S x = x + A x + ... + A^n x`` for ``x = [users0; items0]`` and ``A = [[0, R], [R^T, 0]]``,
+    by Horner's rule ``x + A(x + A(x + ...))``: n products by A (two sparse products each) and
+    each sum added in place into the product's fresh output."""
+    u, i = users0, items0
+    for _ in range(n_layers):
+        u, i = torch.sparse.mm(r, i).add_(users0), torch.sparse.mm(rt, u).add_(items0)
+    return u, i
+
+
+class _LayerSum(torch.autograd.Function):
+    """``layer_sum`` with a backward pass of the same shape: ``S`` is a polynomial in the symmetric
+    ``A``, so it is symmetric, and the gradient of ``S x`` is ``S`` applied to the incoming
+    gradient. One autograd node instead of one per product and per sum, and no intermediate
+    layers kept for the backward pass. Runs in float32 under autocast (the graph is float32)."""
+
+    @staticmethod
+    def forward(ctx, users0, items0, r, rt, n_layers):
+        ctx.graph = (r, rt, n_layers)
+        ctx.dtypes = (users0.dtype, items0.dtype)
+        with torch.autocast(users0.device.type, enabled=False):
+            return layer_sum(users0.float(), items0.float(), r, rt, n_layers)
+
+    @staticmethod
+    def backward(ctx, grad_users, grad_items):
+        r, rt, n_layers = ctx.graph
+        with torch.autocast(grad_users.device.type, enabled=False):
+            gu, gi = layer_sum(grad_users.float(), grad_items.float(), r, rt, n_layers)
+        return gu.to(ctx.dtypes[0]), gi.to(ctx.dtypes[1]), None, None, None
 
 
 def propagate(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: torch.Tensor,
               n_layers: int, mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (or, with ``mean=False``, sum) over layers 0..n of ``u <- R i``, ``i <- R^T u``."""
-    u_sum, i_sum = users0, items0
-    u, i = users0, items0
-    for _ in range(n_layers):
-        u, i = spmm(r, rt, i), spmm(rt, r, u)
-        u_sum, i_sum = u_sum + u, i_sum + i
+    """Mean (or, with ``mean=False``, sum) over layers 0..n of ``u <- R i``, ``i <- R^T u``.
+    ``r`` must be the normalised bipartite block (``normalized_bipartite``) and ``rt`` its
+    transpose: the backward pass relies on the full adjacency being symmetric."""
+    u_sum, i_sum = _LayerSum.apply(users0, items0, r, rt, n_layers)
     if not mean:
         return u_sum, i_sum
     return u_sum / (n_layers + 1), i_sum / (n_layers + 1)
