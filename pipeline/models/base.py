@@ -131,8 +131,18 @@ def spmm(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _SpMM.apply(a, a_t, x)
 
 
+def compact_csr(a: torch.Tensor) -> torch.Tensor:
+    """A sparse matrix as CSR with int32 indices where they fit. The sparse BLAS (MKL, cuSPARSE)
+    takes those as they are; int64 indices are converted to int32 on every product."""
+    a = a.to_sparse_csr()
+    if a._nnz() >= 2**31 or max(a.shape) >= 2**31:
+        return a
+    return torch.sparse_csr_tensor(a.crow_indices().to(torch.int32), a.col_indices().to(torch.int32), a.values(),
+                                   a.shape)
+
+
 def sparse_transpose(a: torch.Tensor) -> torch.Tensor:
-    return a.to_sparse_coo().t().coalesce().to_sparse_csr()
+    return compact_csr(a.to_sparse_coo().t().coalesce())
 
 
 def normalized_bipartite(users: np.ndarray, items: np.ndarray, n_users: int,
@@ -148,4 +158,4 @@ def normalized_bipartite(users: np.ndarray, items: np.ndarray, n_users: int,
     di = np.bincount(i, minlength=n_items).astype(np.float64) + 1e-7
     values = (du[u] ** -0.5 * di[i] ** -0.5).astype(np.float32)
     r = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([u, i])), torch.from_numpy(values), (n_users, n_items))
-    return r.coalesce().to_sparse_csr(), r.t().coalesce().to_sparse_csr()
+    return compact_csr(r.coalesce()), compact_csr(r.t().coalesce())

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_directory
+from .base import compact_csr
 
 
 def knn_indices(features: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
@@ -38,7 +39,7 @@ def knn_graph(features: dict[str, torch.Tensor], weights: dict[str, float], k: i
         cols.append(c)
         vals.append(weights[name] * deg[r].rsqrt() * deg[c].rsqrt())
     graph = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals), (n, n))
-    return graph.coalesce().to_sparse_csr()
+    return compact_csr(graph.coalesce())
 
 
 def cached_knn_graph(cache_dir: Path, fingerprints: dict[str, str], features: dict[str, torch.Tensor],
@@ -53,7 +54,7 @@ def cached_knn_graph(cache_dir: Path, fingerprints: dict[str, str], features: di
     if (folder / "graph.safetensors").is_file():
         t = load_file(str(folder / "graph.safetensors"))
         n = int(t["shape"][0])
-        return torch.sparse_csr_tensor(t["crow"], t["col"], t["val"], (n, n))
+        return compact_csr(torch.sparse_csr_tensor(t["crow"], t["col"], t["val"], (n, n)))
     graph = knn_graph(features, weights, k)
     with atomic_directory(folder, "graph.safetensors") as tmp:
         save_file({"crow": graph.crow_indices().contiguous(), "col": graph.col_indices().contiguous(),

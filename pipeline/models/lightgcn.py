@@ -17,11 +17,11 @@ from .towers import ItemTower
 def layer_sum(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: torch.Tensor,
               n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``S x = x + A x + ... + A^n x`` for ``x = [users0; items0]`` and ``A = [[0, R], [R^T, 0]]``,
-    by Horner's rule ``x + A(x + A(x + ...))``: n products by A (two sparse products each) and
-    each sum added in place into the product's fresh output."""
+    by Horner's rule ``x + A(x + A(x + ...))``: n products by A, each two sparse ``addmm``
+    (``users0 + R i`` in one call: the sparse BLAS adds into a copy of ``users0``)."""
     u, i = users0, items0
     for _ in range(n_layers):
-        u, i = torch.sparse.mm(r, i).add_(users0), torch.sparse.mm(rt, u).add_(items0)
+        u, i = torch.addmm(users0, r, i), torch.addmm(items0, rt, u)
     return u, i
 
 
