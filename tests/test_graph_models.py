@@ -72,6 +72,7 @@ def test_lightgcn_loss_and_gradients_match_dense_reference(n_layers):
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(model.user.weight.grad.double(), user_w.grad, atol=1e-6)
     assert torch.allclose(model.item_tower.embedding.weight.grad.double(), item_w.grad, atol=1e-6)
+    assert model.r.crow_indices().dtype == torch.int32  # the sparse BLAS takes these without converting
     # scoring uses the same propagated embeddings
     scores = model.score(torch.arange(N_USERS))
     assert torch.allclose(scores.double(), u_all @ i_all.T, atol=1e-5)
