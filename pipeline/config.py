@@ -223,6 +223,7 @@ class FREEDOMParams(Section):
     dropout: float = Field(0.8, ge=0, lt=1)  # fraction of user-item edges dropped each epoch
     reg_weight: float = Field(0.0, ge=0)  # weight of the feature-projection BPR terms
     feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
+    trainable_features: bool = False  # train the feature tables of those terms too (MMRec does, silently)
 
 
 class TwoTowerParams(Section):

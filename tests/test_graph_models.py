@@ -78,14 +78,15 @@ def test_lightgcn_loss_and_gradients_match_dense_reference(n_layers):
     assert torch.allclose(scores.double(), u_all @ i_all.T, atol=1e-5)
 
 
-def test_freedom_loss_and_gradients_match_dense_reference():
+@pytest.mark.parametrize("reg_weight,trainable", [(0.0, False), (0.5, False), (0.5, True)])
+def test_freedom_loss_and_gradients_match_dense_reference(reg_weight, trainable):
     torch.manual_seed(0)
     users, items = random_graph(2)
     feats = {"a": torch.randn(N_ITEMS, 6), "b": torch.randn(N_ITEMS, 4)}
     weights = {"a": 0.3, "b": 0.7}
     graph = knn_graph(feats, weights, k=4)
     model = FREEDOM(N_USERS, IdTower(N_ITEMS, DIM, "xavier_uniform"), users, items, graph, feats,
-                    n_ui_layers=2, n_mm_layers=1, dropout=0.0, reg_weight=0.0)
+                    n_ui_layers=2, n_mm_layers=1, dropout=0.0, reg_weight=reg_weight, trainable_features=trainable)
     model.pre_epoch(0)  # dropout 0: the epoch's graph is the full graph
     b = batch(3)
     loss = model.loss(b)
@@ -93,13 +94,33 @@ def test_freedom_loss_and_gradients_match_dense_reference():
 
     user_w = model.user.weight.detach().double().requires_grad_()
     item_w = model.item_tower.embedding.weight.detach().double().requires_grad_()
+    tables = {k: f.double().requires_grad_() for k, f in feats.items()}
+    projs = {k: (p.weight.detach().double().requires_grad_(), p.bias.detach().double().requires_grad_())
+             for k, p in model.projections.items()}
     edges = np.unique(users * N_ITEMS + items)  # FREEDOM's graph has each edge once
     u_all, i_all = dense_lightgcn(user_w, item_w, dense_norm_adj(edges // N_ITEMS, edges % N_ITEMS), 2)
     i_all = i_all + graph.to_dense().double() @ item_w
-    ref = -torch.nn.functional.logsigmoid((u_all[b["users"]] * i_all[b["pos"]]).sum(-1)
-                                          - (u_all[b["users"]] * i_all[b["neg"]]).sum(-1)).mean()
+
+    def bpr_terms(u, p, n):  # the paper's code: project every item, then pick the batch's rows
+        return -torch.nn.functional.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+
+    u = u_all[b["users"]]
+    ref = bpr_terms(u, i_all[b["pos"]], i_all[b["neg"]])
+    for k, (w, bias) in projs.items():
+        projected = tables[k] @ w.T + bias
+        ref = ref + reg_weight * bpr_terms(u, projected[b["pos"]], projected[b["neg"]])
     ref.backward()
 
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(model.user.weight.grad.double(), user_w.grad, atol=1e-6)
     assert torch.allclose(model.item_tower.embedding.weight.grad.double(), item_w.grad, atol=1e-6)
+    for k, (w, _) in projs.items():
+        got = model.projections[k].weight.grad  # None when the terms are off (reg_weight 0)
+        assert torch.allclose(torch.zeros_like(w) if got is None else got.double(), w.grad, atol=1e-6)
+        table = model.feature_tables[k]
+        if trainable:
+            assert torch.allclose(table.grad.double(), tables[k].grad, atol=1e-6)
+        else:
+            assert table.grad is None and not table.requires_grad
+    if reg_weight:
+        assert any(w.grad.abs().sum() > 0 for w, _ in projs.values())

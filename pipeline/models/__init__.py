@@ -101,7 +101,7 @@ def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path,
     graph = cached_knn_graph(cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights, p.knn_k)
     return FREEDOM(n_users, tower("xavier_uniform"), users, items, graph, filled,
                    n_ui_layers=p.n_ui_layers, n_mm_layers=p.n_mm_layers, dropout=p.dropout,
-                   reg_weight=p.reg_weight, seed=seed)
+                   reg_weight=p.reg_weight, seed=seed, trainable_features=p.trainable_features)
 
 
 __all__ = ["MODELS", "LoadedFeature", "Recommender", "build_model"]
