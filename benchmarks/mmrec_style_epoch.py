@@ -2,16 +2,18 @@
 in this run, in alternating rounds (so a busy or slow machine slows both alike).
 
 MMRec cannot be fetched here. The baseline is a re-implementation, for timing, of how MMRec runs a
-training epoch (enoche/MMRec, src/utils/dataloader.py, src/common/trainer.py, src/models/bpr.py
-and lightgcn.py): the training pairs in a pandas DataFrame shuffled with ``df.sample`` each epoch,
-batches cut with ``iloc``, one negative per row drawn in a Python loop with ``random.sample`` and
-rejected against the user's item set, a ``[3, B]`` batch tensor cloned per step, plain Adam; BPR
-gathers rows by indexing; LightGCN multiplies one symmetric ``(users + items)`` COO adjacency
-per layer and averages ``torch.stack``-ed layers. The baseline's loss is checked against ours on
-the same weights and batch before timing. The issue's MMRec figures (a 2-core machine like this
-one) are printed alongside, to show whether this machine runs at the reference machine's pace.
+training epoch (enoche/MMRec: src/utils/dataloader.py, src/common/trainer.py, src/models/bpr.py,
+vbpr.py and lightgcn.py): the training pairs in a pandas DataFrame shuffled with ``df.sample``
+each epoch, batches cut with ``iloc``, one negative per row drawn in a Python loop with
+``random.sample`` and rejected against the user's item set, a ``[3, B]`` batch tensor cloned per
+step, plain Adam. BPR gathers rows by indexing; VBPR projects the whole feature table every
+step; LightGCN multiplies one symmetric ``(users + items)`` COO adjacency per layer and averages
+``torch.stack``-ed layers. Each baseline starts from our model's initial weights, and its loss is
+checked against ours on the same batch before timing. The issue's MMRec figures (a 2-core
+machine like this one) are printed alongside, to show whether this machine runs at the
+reference machine's pace.
 
-    python benchmarks/mmrec_style_epoch.py [--rounds 5] [--epochs 6] [bpr lightgcn1 lightgcn2-vs-1]
+    python benchmarks/mmrec_style_epoch.py [--rounds 5] [--epochs 6] [bpr vbpr lightgcn1 lightgcn2-vs-1]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks")
 CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiktok.yaml"
 ARMS = {  # name: (model, our overrides, the baseline's LightGCN layers, MMRec's train s/epoch in the issue)
     "bpr": ("bpr", [], None, 0.23),
+    "vbpr": ("vbpr", [], None, 0.49),
     "lightgcn1": ("lightgcn", ["model.lightgcn.n_layers=1"], 1, 0.59),
     # our two layers (chosen on validation, tiktok.yaml's default) against MMRec's default of one
     "lightgcn2-vs-1": ("lightgcn", ["model.lightgcn.n_layers=2"], 1, 0.59),
@@ -88,6 +91,26 @@ class MMRecStyleBPR(nn.Module):
         u, p, n = batch[0], batch[1], batch[2]
         user_e, pos_e = self.user.weight[u, :], self.item.weight[p, :]
         neg_e = self.item(n)
+        loss = bpr_loss((user_e * pos_e).sum(1), (user_e * neg_e).sum(1))
+        return loss + self.reg_weight * emb_reg(user_e, pos_e, neg_e)
+
+
+class MMRecStyleVBPR(nn.Module):
+    """Projects the whole feature table every step, then gathers rows by indexing (MMRec's VBPR)."""
+
+    def __init__(self, user_w, id_w, raw_features, proj: nn.Linear, reg_weight: float):
+        super().__init__()
+        self.u_embedding = nn.Parameter(user_w.clone())
+        self.i_embedding = nn.Parameter(id_w.clone())
+        self.item_raw_features = raw_features
+        self.item_linear = nn.Linear(proj.in_features, proj.out_features)
+        self.item_linear.load_state_dict(proj.state_dict())
+        self.reg_weight = reg_weight
+
+    def calculate_loss(self, batch):
+        u, p, n = batch[0], batch[1], batch[2]
+        items = torch.cat([self.i_embedding, self.item_linear(self.item_raw_features)], -1)
+        user_e, pos_e, neg_e = self.u_embedding[u, :], items[p, :], items[n, :]
         loss = bpr_loss((user_e * pos_e).sum(1), (user_e * neg_e).sum(1))
         return loss + self.reg_weight * emb_reg(user_e, pos_e, neg_e)
 
@@ -149,14 +172,24 @@ def build_baseline(cfg, data: PreparedData, n_layers: int | None):
     initial weights, and its batches."""
     from pipeline.models import build_model
 
-    ours = build_model(cfg.model, data, {}, cfg.cache_dir, cfg.train.seed)
+    from pipeline.features import load_features
+    from pipeline.train import needed_features
+
+    features = load_features(cfg, data, needed_features(cfg))
+    ours = build_model(cfg.model, data, features, cfg.cache_dir, cfg.train.seed)
     users, items = data.pairs("train")
     p = cfg.model.params
-    user_w, item_w = ours.user.weight.detach(), ours.item_tower().detach()
-    if n_layers is None:
-        base = MMRecStyleBPR(user_w, item_w, p.reg_weight)
+    user_w = ours.user.weight.detach()
+    if cfg.model.name == "vbpr":  # ids and one projection of the concatenated features, as ours
+        ids, feats = ours.item_tower.parts
+        raw = torch.cat([feats.raw[n].detach() for n in feats.names], 1)
+        base = MMRecStyleVBPR(user_w, ids.embedding.weight.detach(), raw, feats.fuse.proj, p.reg_weight)
+        same = base
+    elif n_layers is None:
+        base = MMRecStyleBPR(user_w, ours.item_tower().detach(), p.reg_weight)
         same = base
     else:
+        item_w = ours.item_tower().detach()
         base = MMRecStyleLightGCN(user_w, item_w, users, items, n_layers, p.reg_weight)
         same = MMRecStyleLightGCN(user_w, item_w, users, items, p.n_layers, p.reg_weight)
     # same weights, same batch: the same loss (the baseline is the same model, written MMRec's way)
