@@ -110,6 +110,15 @@ class FeatureTower(ItemTower):
         return x
 
     def forward(self, items=None):
+        if items is not None and len(items) > 1:
+            # each distinct item once (batches repeat popular items): fewer rows gathered and
+            # projected, the same vectors
+            distinct, where = torch.unique(items, return_inverse=True)
+            if len(distinct) < len(items):
+                return self._fused(distinct).index_select(0, where)
+        return self._fused(items)
+
+    def _fused(self, items) -> torch.Tensor:
         return self.fuse({n: self._filled(n, items) for n in self.names},
                          {n: self._mask(n, items) for n in self.names})
 
