@@ -70,15 +70,17 @@ class FREEDOM(Recommender):
         n = len(batch["pos"])
         both = torch.cat([batch["pos"], batch["neg"]])
 
+        def bpr(pos_minus_neg):  # BPR on the difference of the positive and negative item vectors
+            return -F.logsigmoid((u * pos_minus_neg).sum(-1)).mean()
+
         its = items.index_select(0, both)
-        loss = -F.logsigmoid((u * its[:n]).sum(-1) - (u * its[n:]).sum(-1)).mean()
+        loss = bpr(its[:n] - its[n:])
         if self.reg_weight > 0:
             # u.(W x_pos + b) - u.(W x_neg + b) = u.W(x_pos - x_neg): one projection of the batch's
             # differences instead of the whole table (the same values, a fraction of the work)
             for name, table in self.feature_tables.items():
                 x = table.index_select(0, both)
-                diff = F.linear(x[:n] - x[n:], self.projections[name].weight)
-                loss = loss + self.reg_weight * -F.logsigmoid((u * diff).sum(-1)).mean()
+                loss = loss + self.reg_weight * bpr(F.linear(x[:n] - x[n:], self.projections[name].weight))
         return loss
 
     def score(self, users_idx):
