@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Recommender, bpr_loss, emb_loss
+from .base import Recommender, bpr_with_reg
 from .towers import ItemTower
 
 
@@ -22,12 +22,10 @@ class MF(Recommender):
         self.reg_weight = reg_weight
 
     def loss(self, batch):
-        u = self.user(batch["users"])
+        u = self.user.weight.index_select(0, batch["users"])  # backward: an index_add (see LightGCN)
         n = len(batch["pos"])
         items = self.item_tower(torch.cat([batch["pos"], batch["neg"]]))
-        pos, neg = items[:n], items[n:]
-        loss = bpr_loss((u * pos).sum(-1), (u * neg).sum(-1))
-        return loss + self.reg_weight * emb_loss(u, pos, neg)
+        return bpr_with_reg(u, items[:n], items[n:], self.reg_weight)
 
     def score(self, users):
         return self.user(users) @ self.item_tower().T
