@@ -176,17 +176,18 @@ def test_bpr_with_reg_equals_the_composed_loss(reg_weight, dtype):
     u, pos = torch.randn(2, 16, 5, dtype=torch.float64) * 2
     u[3] = u[0]
     neg = torch.zeros(16, 5, dtype=torch.float64) if reg_weight == 2.0 else torch.randn(16, 5, dtype=torch.float64)
-    leaves = [t.to(dtype).requires_grad_() for t in (u, pos, neg)]
+    leaves = [t.to(dtype).requires_grad_() for t in (u, torch.cat([pos, neg]))]
     got = bpr_with_reg(*leaves, reg_weight)
     got_grads = torch.autograd.grad(got, leaves)
-    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    got_grads = (got_grads[0], *got_grads[1].split(16))
+    ref_leaves = [t.to(dtype).double().requires_grad_() for t in (u, pos, neg)]  # the same rounded inputs
     a, p, n = ref_leaves
     ref = bpr_loss((a * p).sum(-1), (a * n).sum(-1)) + reg_weight * emb_loss(a, p, n)
     ref_grads = torch.autograd.grad(ref, ref_leaves)
     tol = 1e-12 if dtype == torch.float64 else 1e-2
     assert abs(got.item() - ref.item()) < tol * max(1.0, abs(ref.item()))
     for g, r in zip(got_grads, ref_grads):
-        assert g.dtype == dtype
+        assert g.dtype == dtype and g.shape == r.shape
         assert torch.allclose(g.double(), r, atol=tol, rtol=tol)
     assert any(g.abs().sum() > 0 for g in got_grads)
 

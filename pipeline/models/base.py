@@ -57,46 +57,54 @@ def emb_loss(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 class _BPRWithReg(torch.autograd.Function):
-    """``bpr_loss(u.pos, u.neg) + reg_weight * emb_loss(u, pos, neg)`` as one autograd node.
+    """``bpr_loss(u.pos, u.neg) + reg_weight * emb_loss(u, pos, neg)`` as one autograd node, with
+    ``items = [pos; neg]`` (``2B`` rows) as one input.
 
     Autograd of that expression records about 25 small operations forward and as many back,
-    each a full pass over ``[B, D]`` tensors; the gradient written out is three fused
-    multiply-adds. Half-precision inputs are computed in float32 (as autocast would); gradients
-    come back in the inputs' dtypes.
+    each a full pass over ``[B, D]`` tensors, and slicing ``pos`` and ``neg`` out of one tensor
+    costs two zero-filled gradients in backward; the gradient written out is three fused
+    multiply-adds into one buffer. Half-precision inputs are computed in float32 (as autocast
+    would); gradients come back in the inputs' dtypes.
     """
 
     @staticmethod
-    def forward(ctx, u, pos, neg, reg_weight):
-        dtypes = (u.dtype, pos.dtype, neg.dtype)
+    def forward(ctx, u, items, reg_weight):
+        dtypes = (u.dtype, items.dtype)
         work = torch.float64 if torch.float64 in dtypes else torch.float32
-        u, pos, neg = u.to(work), pos.to(work), neg.to(work)
+        u, items = u.to(work), items.to(work)
         b = u.shape[0]
+        pos, neg = items[:b], items[b:]
         sig = torch.sigmoid((u * (pos - neg)).sum(-1))
         loss = -torch.log(1e-10 + sig).mean()
         norms = torch.stack([u.norm(), pos.norm(), neg.norm()]) if reg_weight else u.new_zeros(3)
-        ctx.save_for_backward(u, pos, neg, sig, norms)
+        ctx.save_for_backward(u, items, sig, norms)
         ctx.reg_weight, ctx.dtypes = reg_weight, dtypes
         return loss + reg_weight * norms.sum() / b
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        u, pos, neg, sig, norms = ctx.saved_tensors
+        u, items, sig, norms = ctx.saved_tensors
         b = u.shape[0]
+        pos, neg = items[:b], items[b:]
         # d/dx of -log(1e-10 + sigmoid(x)), per row, times the incoming gradient over the batch size
         dx = (-(sig * (1 - sig)) / (1e-10 + sig) * (grad / b)).unsqueeze(1)
         # reg * ||t|| / b has gradient reg * t / (||t|| b); zero where the norm is (as torch.norm's)
         scale = torch.where(norms > 0, grad * ctx.reg_weight / (b * norms), 0.0)
         du = torch.addcmul(u * scale[0], dx, pos - neg)
-        dpos = torch.addcmul(pos * scale[1], dx, u)
-        dneg = torch.addcmul(neg * scale[2], dx, u, value=-1)
-        return (*(g.to(t) for g, t in zip((du, dpos, dneg), ctx.dtypes)), None)
+        ditems = torch.empty_like(items)
+        torch.addcmul(pos * scale[1], dx, u, out=ditems[:b])
+        torch.addcmul(neg * scale[2], dx, u, value=-1, out=ditems[b:])
+        return du.to(ctx.dtypes[0]), ditems.to(ctx.dtypes[1]), None
 
 
-def bpr_with_reg(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg_weight: float) -> torch.Tensor:
-    """Matrix factorisation's BPR loss on ``u . pos - u . neg`` (rows ``[B, D]``) plus MMRec's
-    regulariser on the same rows: ``bpr_loss`` and ``emb_loss`` in one node (see ``_BPRWithReg``)."""
-    return _BPRWithReg.apply(u, pos, neg, float(reg_weight))
+def bpr_with_reg(u: torch.Tensor, items: torch.Tensor, reg_weight: float) -> torch.Tensor:
+    """Matrix factorisation's BPR loss on ``u . pos - u . neg`` plus MMRec's regulariser on the
+    same rows, where ``u`` is ``[B, D]`` and ``items`` the ``B`` positives' rows followed by the
+    ``B`` negatives': ``bpr_loss`` and ``emb_loss`` in one node (see ``_BPRWithReg``)."""
+    if items.shape[0] != 2 * u.shape[0]:
+        raise ValueError(f"bpr_with_reg: {u.shape[0]} users need 2 x {u.shape[0]} item rows, got {items.shape[0]}")
+    return _BPRWithReg.apply(u, items, float(reg_weight))
 
 
 def gather_batches(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:

@@ -23,9 +23,8 @@ class MF(Recommender):
 
     def loss(self, batch):
         u = self.user.weight.index_select(0, batch["users"])  # backward: an index_add (see LightGCN)
-        n = len(batch["pos"])
-        items = self.item_tower(torch.cat([batch["pos"], batch["neg"]]))
-        return bpr_with_reg(u, items[:n], items[n:], self.reg_weight)
+        items = self.item_tower(torch.cat([batch["pos"], batch["neg"]]))  # positives, then negatives
+        return bpr_with_reg(u, items, self.reg_weight)
 
     def score(self, users):
         return self.user(users) @ self.item_tower().T
