@@ -131,7 +131,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     batches = model.train_batches(data, cfg.train.batch_size, seed, rank=accelerator.process_index,
                                   world=accelerator.num_processes)
     loader = DataLoader(batches, batch_size=None)  # the dataset yields whole vectorised batches
-    n_batches = len(batches)
+    n_batches, accumulate = len(batches), accelerator.gradient_accumulation_steps
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -161,7 +161,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             # an optimizer step every grad_accum batches and after the epoch's last batch, so no
             # gradient carries over into the next epoch (or is lost from a checkpoint)
-            accelerator.sync_gradients = (steps + 1) % accelerator.gradient_accumulation_steps == 0 or steps + 1 == n_batches
+            accelerator.sync_gradients = (steps + 1) % accumulate == 0 or steps + 1 == n_batches
             with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(model):
                 loss = model(batch)
                 if not torch.isfinite(loss):
