@@ -120,6 +120,7 @@ class FeatureTower(ItemTower):
         return self._fused(items)
 
     def _fused(self, items) -> torch.Tensor:
+        # only the gate reads which modalities are present (a missing row is already filled)
         present = {n: self._mask(n, items) for n in self.names} if self.fuse.fusion == "gate" else {}
         return self.fuse({n: self._filled(n, items) for n in self.names}, present)
 
