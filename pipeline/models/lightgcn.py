@@ -84,8 +84,8 @@ class LightGCN(Recommender):
         u, its = users.index_select(0, u_idx), items.index_select(0, both)  # pos and neg in one gather
         scale = 1.0 / (self.n_layers + 1) ** 2
         loss = bpr_loss(scale * (u * its[:n]).sum(-1), scale * (u * its[n:]).sum(-1))
-        ego_items = self.item_tower(both)
-        return loss + self.reg_weight * emb_loss(self.user(u_idx), ego_items[:n], ego_items[n:])
+        ego_users, ego_items = self.user.weight.index_select(0, u_idx), self.item_tower(both)
+        return loss + self.reg_weight * emb_loss(ego_users, ego_items[:n], ego_items[n:])
 
     def score(self, users_idx):
         users, items = self.embeddings()
