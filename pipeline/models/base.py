@@ -109,33 +109,32 @@ def bpr_with_reg(u: torch.Tensor, items: torch.Tensor, reg_weight: float) -> tor
 
 def gather_batches(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
     """Every process's rows of each tensor, concatenated in rank order, and where this process's
-    rows start. Gradients flow back to each process's own rows (as open_clip gathers features);
-    one process (or no process group) returns the tensors unchanged. Batches may differ in size."""
+    rows start. Gradients flow back to each process's own rows, summed over every process's loss
+    (as open_clip gathers features); one process (or no process group) returns the tensors
+    unchanged. Batches may differ in size: each is padded to the largest for the collective."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors, 0
-    from torch.distributed.nn.functional import all_gather
-
     n = torch.tensor([len(tensors[0])], device=tensors[0].device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(x) for x in sizes]
+    sizes = [int(k) for k in _all_gather(n)]
     most = max(sizes)
     out = []
     for t in tensors:
-        padded = F.pad(t, [0, 0] * (t.dim() - 1) + [0, most - len(t)])
-        parts = all_gather(padded) if t.requires_grad else _gather_plain(padded)
-        out.append(torch.cat([p[:k] for p, k in zip(parts, sizes)]))
+        whole = _all_gather(F.pad(t, [0, 0] * (t.dim() - 1) + [0, most - len(t)]))
+        out.append(torch.cat([whole[r * most: r * most + k] for r, k in enumerate(sizes)]))
     return tuple(out), sum(sizes[: dist.get_rank()])
 
 
-def _gather_plain(t: torch.Tensor) -> list[torch.Tensor]:
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every process's ``t`` concatenated along dim 0, differentiable: the backward pass reduce-scatters
+    the gradient (torch's functional collectives, which replace the deprecated
+    ``torch.distributed.nn.functional.all_gather``; the function's name changed in torch 2.15)."""
     import torch.distributed as dist
+    from torch.distributed import _functional_collectives as fc
 
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return parts
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
+    return gather(t.contiguous(), 0, dist.group.WORLD)  # waits on first use
 
 
 def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: torch.Tensor | None,
