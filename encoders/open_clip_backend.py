@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.store.files import write_file_atomic
 
 from .base import Encoder, canonical_json, jsonable
 from .processing import OpenClipText, PadCollate, TorchvisionImage
@@ -63,13 +64,19 @@ def _register_config(path: Path) -> str:
         raise ConfigError(f"open_clip: {path} is not a model config (needs embed_dim, vision_cfg, text_cfg)")
     import open_clip
 
-    name = "modalrec-" + hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:16]
+    name = _config_name(cfg)
     if name not in open_clip.list_models():
         _CONFIG_DIR.mkdir(parents=True, exist_ok=True)
         target = _CONFIG_DIR / f"{name}.json"
-        target.write_text(json.dumps(cfg), encoding="utf-8")
+        # replaced whole, never rewritten in place: every process (accelerate launch) registers the
+        # same file, and open_clip re-reads all registered files on each registration
+        write_file_atomic(target, json.dumps(cfg).encode("utf-8"))
         open_clip.add_model_config(target)
     return name
+
+
+def _config_name(cfg: dict) -> str:
+    return "modalrec-" + hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:16]
 
 
 @register("open_clip")

@@ -268,6 +268,30 @@ def test_open_clip_folder_layout_and_modality_required(models, media):
     assert image.fingerprint != text.fingerprint
 
 
+def test_open_clip_config_is_replaced_whole_for_concurrent_readers(tmp_path, monkeypatch):
+    """Every process of a launch registers the same custom config, and open_clip re-reads every
+    registered file each time: a process that opened the file must never see it truncated."""
+    import json
+
+    import open_clip
+
+    from encoders import open_clip_backend as ocb
+
+    monkeypatch.setattr(ocb, "_CONFIG_DIR", tmp_path / "registered")
+    cfg = {**fx.OPEN_CLIP_CONFIG, "embed_dim": 24 + int.from_bytes(tmp_path.name.encode()[-2:], "big") % 97}
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(cfg))
+    name = ocb._config_name(cfg)
+    assert name not in open_clip.list_models()
+    (tmp_path / "registered").mkdir()
+    theirs = json.dumps(cfg, indent=2)  # another process's copy, which it is reading now
+    (tmp_path / "registered" / f"{name}.json").write_text(theirs)
+    with open(tmp_path / "registered" / f"{name}.json") as reader:
+        assert ocb._register_config(arch) == name
+        assert reader.read() == theirs  # not truncated and rewritten under the reader
+    assert open_clip.get_model_config(name) == cfg
+
+
 def test_sentence_transformer_matches_library_encode(models):
     from sentence_transformers import SentenceTransformer
 
