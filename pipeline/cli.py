@@ -8,6 +8,7 @@ input print one line naming the file, row, item or config key, and exit with sta
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 from typing import Any
@@ -387,7 +388,31 @@ def main(argv: list[str] | None = None) -> int:
     except ModalrecError as e:
         print(f"modalrec: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_process_group_at_exit()
     return 0
+
+
+def _end_process_group_at_exit() -> None:
+    """Under `accelerate launch`, destroy the process group when the process exits, while the
+    interpreter is still whole. torch asks for this (NCCL warns otherwise); and where gloo's
+    threads still hold a finished collective when interpreter shutdown begins, the process
+    aborts ("terminate called without an active exception"). Not at the end of each command:
+    `recipes/demo.py` and `recipes/two_step.py` run several in one process."""
+    if "torch" not in sys.modules:  # no command here touched torch: there is no group
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        atexit.unregister(_destroy_process_group)  # once, however many commands ran
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

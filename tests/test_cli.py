@@ -44,6 +44,24 @@ def test_errors_exit_nonzero_with_one_line(tiny_config, tmp_path):
     assert r.returncode == 2 and "config file not found" in r.stderr
 
 
+def test_process_group_is_destroyed_once_at_exit_not_between_commands(tmp_path):
+    """Under `accelerate launch` the CLI leaves the group up between commands (the recipes run
+    several in one process) and destroys it at exit, before interpreter shutdown."""
+    script = f"""
+import atexit, sys
+import torch.distributed as dist
+from pipeline.cli import main
+atexit.register(lambda: print("at exit, group up:", dist.is_initialized()))  # runs after the CLI's hook
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+for _ in range(2):
+    assert main(["data", "stats", "{tmp_path}"]) == 2  # a command that fails on bad input still counts
+    print("between commands, group up:", dist.is_initialized())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["between commands, group up: True"] * 2 + ["at exit, group up: False"]
+
+
 def test_no_placeholder_commands():
     r = modalrec("--help")
     assert r.returncode == 0
