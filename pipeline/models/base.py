@@ -127,8 +127,8 @@ def gather_batches(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], in
 
 
 def _all_gather(t: torch.Tensor) -> torch.Tensor:
-    """Every process's ``t`` concatenated along dim 0, differentiable: the backward pass reduce-scatters
-    the gradient (torch's functional collectives, which replace the deprecated
+    """Every process's ``t`` concatenated along dim 0, differentiable: the backward pass
+    reduce-scatters the gradient (torch's functional collectives, which replace the deprecated
     ``torch.distributed.nn.functional.all_gather``; the function's name changed in torch 2.15)."""
     import torch.distributed as dist
     from torch.distributed import _functional_collectives as fc
