@@ -409,10 +409,9 @@ def _end_process_group_at_exit() -> None:
 
 
 def _destroy_process_group() -> None:
-    import torch.distributed as dist
+    from accelerate import PartialState
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    PartialState().destroy_process_group()  # a no-op when none is up, or under notebook_launcher
 
 
 if __name__ == "__main__":
