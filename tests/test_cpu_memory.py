@@ -1,6 +1,7 @@
 """Freed CPU memory stays in the process: a step that allocates and frees multi-megabyte tensors
 faults no fresh pages in once `keep_freed_memory` is set (glibc)."""
 
+import statistics
 import subprocess
 import sys
 
@@ -19,23 +20,61 @@ def step():  # the shape of a graph model's step: tables of 1.5-2.5 MB made and 
     del b, c
     e.sum()
     del d, e
-for _ in range(5):
+for _ in range(20):  # the heap settles
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+for _ in range(9):  # windows of 10 steps
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def page_faults(mode):
+    """Median page faults per window of 10 steps. The median, because the kernel now and then
+    faults a burst of pages in whatever the allocator does (page migration, huge-page
+    collapse): 562 and 1125 in two of ten windows with the setting on, 0 in the other eight."""
     r = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    return int(r.stdout.split()[-1])
+    return statistics.median(int(n) for n in r.stdout.split())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_keep_freed_memory_stops_page_faults_between_steps():
     default, kept = page_faults("default"), page_faults("keep")
-    # glibc's defaults fault a few pages per step here (2781 over 50 steps on the dev machine)
+    # glibc's defaults fault hundreds of pages per step here (14680 or 25930 per window on the dev machine)
     assert kept <= max(20, default // 10), (default, kept)
+
+
+HEAP = """
+import ctypes, sys, torch
+from pipeline.train.cpu_memory import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print("no-mallinfo2"); sys.exit()
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+m0 = libc.mallinfo2()
+x = torch.ones(7_500_000)  # 30 MB, below glibc's largest mmap threshold
+m1 = libc.mallinfo2()
+del x
+m2 = libc.mallinfo2()
+print(m1.hblkhd - m0.hblkhd, m1.arena - m0.arena, m2.arena - m0.arena)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.parametrize("mode", ["default", "keep"])
+def test_a_freed_30mb_tensor_stays_in_the_heap_only_when_kept(mode):
+    r = subprocess.run([sys.executable, "-c", HEAP, mode], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    if r.stdout.strip() == "no-mallinfo2":
+        pytest.skip("glibc older than 2.33 has no mallinfo2")
+    mmapped, heap_while_alive, heap_after_free = (int(n) >> 20 for n in r.stdout.split())
+    if mode == "default":  # glibc maps it on its own and unmaps it on free
+        assert (mmapped, heap_while_alive, heap_after_free) == (28, 0, 0)
+    else:  # from the heap, and the heap keeps it after the free
+        assert (mmapped, heap_while_alive, heap_after_free) == (0, 28, 28)
