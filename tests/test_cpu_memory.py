@@ -33,7 +33,7 @@ for _ in range(9):  # windows of 10 steps
 
 def page_faults(mode):
     """Median page faults per window of 10 steps. The median, because with the setting on a
-    window now and then faults a burst (375, 562 or 1125 pages in 3 of 180 windows measured,
+    window now and then faults a burst (375, 562 or 1125 pages in 4 of 400 windows measured,
     all in the first five; cause not pinned down) and 0 otherwise; one burst failed CI."""
     r = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
