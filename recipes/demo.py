@@ -51,24 +51,30 @@ def run(*command: str, overrides: tuple[str, ...] = (), config: str = CONFIG, ex
         sys.exit(code)
 
 
-def _value(arm: dict, key: str) -> str:
+def _value(arm: dict, key: str, seeds: int) -> str:
     stat = arm.get("test", {}).get(key)
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}" if stat else "n/a"
+    if not stat:
+        return "n/a"
+    return f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if seeds > 1 else "")
 
 
 def summary(report_dir: Path) -> str:
-    """The numbers the demo is for, from the compare report: ids vs frozen vs fine-tuned content."""
+    """The numbers the demo is for, from the compare report: ids only, frozen content (all
+    features, and the one feature set fine-tuned) and the best fine-tuned arm."""
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     arms = {a["name"]: a for a in report["arms"] if a["status"] == "ok"}
-    tuned = [a for a in arms.values() if a["kind"] == "finetuned" and METRIC in a.get("test", {})]
-    rows = [("ids only", arms.get("id-only")), ("frozen content (all features)", arms.get(report["baseline"])),
-            ("fine-tuned content (best arm)", max(tuned, key=lambda a: a["test"][METRIC]["mean"], default=None))]
+    tuned = max((a for a in arms.values() if a["kind"] == "finetuned" and METRIC in a.get("test", {})),
+                key=lambda a: a["test"][METRIC]["mean"], default=None)
+    rows = [("ids only", arms.get("id-only")), ("frozen, all features", arms.get(report["baseline"]))]
+    if tuned is not None:
+        rows += [(f"frozen {tuned['feature']}", arms.get(tuned.get("counterpart", ""))),
+                 (f"fine-tuned {tuned['feature']} ({tuned['policy']})", tuned)]
     seeds = len(report["seeds"])
-    lines = [f"\n== summary: test {METRIC}, mean ± std over {seeds} seed{'s' * (seeds > 1)} ==",
-             f"{'':<31} {'all test items':>17} {'cold-start items':>17}  arm"]
+    lines = [f"\n== summary: test {METRIC}" + (f", mean ± std over {seeds} seeds" if seeds > 1 else "") + " ==",
+             f"{'':<36} {'all test items':>17} {'cold-start items':>17}"]
     for label, arm in rows:
         if arm is not None:
-            lines.append(f"{label:<31} {_value(arm, METRIC):>17} {_value(arm, 'cold/' + METRIC):>17}  {arm['name']}")
+            lines.append(f"{label:<36} {_value(arm, METRIC, seeds):>17} {_value(arm, 'cold/' + METRIC, seeds):>17}")
     lines.append(f"report: {report_dir / 'report.md'} (and report.json, report.html, plots)")
     return "\n".join(lines)
 
