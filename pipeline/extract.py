@@ -184,13 +184,14 @@ def _stat_files(path: Path) -> list[list]:
 def weights_stamp(ec: EncoderConfig) -> str | None:
     """A cheap stand-in for the encoder's fingerprint, taken without loading anything.
 
-    Local weights (a path in the spec, or a package that ships the weights): the stat of their
-    files. A library architecture with ``random_init``: the spec and library versions. Hub
-    weights, hub configs and backends not built in: None, and extraction builds the encoder to
-    learn its fingerprint.
+    Local weights (a path in the spec, a package that ships the weights, a timm weight source
+    after '@'): the stat of their files. A library architecture with ``random_init``: the spec
+    and library versions. Hub weights, hub configs and backends not built in: None, and
+    extraction builds the encoder to learn its fingerprint.
     """
     from encoders.base import IDENTITY_FORMAT
     from encoders.registry import _ALIASES, parse_spec
+    from encoders.weight_sources import MAPPING_VERSION, installed_checkpoint
     from encoders.weights import looks_local, packaged_weights
 
     from .store import library_versions
@@ -208,9 +209,13 @@ def weights_stamp(ec: EncoderConfig) -> str | None:
     for i, part in enumerate(parts):
         packaged = packaged_weights(part if "/" in part else f"sentence-transformers/{part}") \
             if prefix == "st" and not looks_local(part) else None
+        source = installed_checkpoint(part) if prefix == "timm" and "@" in part and not looks_local(part) else None
         if part.startswith("hf-hub:"):
             return None
-        if looks_local(part):
+        if source is not None:
+            files.append(_stat_files(source))
+            architectures.append(f"{part}#mapping-{MAPPING_VERSION}")  # the conversion is library code
+        elif looks_local(part):
             path = Path(os.path.expanduser(part)).resolve()
             if not path.exists():
                 return None  # building the encoder gives the proper error

