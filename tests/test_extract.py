@@ -166,9 +166,9 @@ def stored(cfg_path: Path, encoder: str, field: str | None = None):
     """(vectors, present) of the feature set the link of ``encoder`` names, in catalog order."""
     from pipeline.config import load_config
     from pipeline.data import PreparedData
-    from pipeline.extract import ContentKeys, _values
+    from pipeline.extract import _values
     from pipeline.features import link_path
-    from pipeline.store import FeatureStore
+    from pipeline.store import ContentKeys, FeatureStore
 
     cfg = load_config(cfg_path)
     field = field or cfg.encoders[encoder].fields[0]
@@ -302,21 +302,20 @@ def test_changed_weights_at_the_same_path_are_noticed(tmp_path, models, capsys):
 def test_content_keys_remembered_by_stat(tmp_path, monkeypatch):
     import hashlib
 
-    import pipeline.extract
-    from pipeline.extract import ContentKeys
-    from pipeline.store import content_key_file
+    import pipeline.store.content_keys
+    from pipeline.store import ContentKeys, content_key_file
 
     raw = write_catalog(tmp_path / "raw", n=3)
     # Files changed less than RACY_NS ago are never remembered (their ctime was just set, too):
     # pretend these were written long ago, then restore the rule for the file changed below.
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", -10**12)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", -10**12)
     files = [str(raw / "media" / f"i{i:02d}.jpg") for i in range(3)]
     sidecar = tmp_path / "keys" / "tiny.json"
     ck = ContentKeys(sidecar)
     keys = ck.keys([*files, None, str(raw / "nope.jpg")], "image")
     assert keys == [content_key_file(f) for f in files] + [None, None]  # the store's own keys
     ck.save()
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", 2_000_000_000)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", 2_000_000_000)
 
     fx.write_image(Path(files[1]), size=(40, 48), seed=50)  # changed just now: hashed, not remembered
     real = hashlib.file_digest
