@@ -146,9 +146,10 @@ def _audio_end(f, size: int) -> int:
 def _mp3_cut_off(path: str) -> str | None:
     """How an MP3 file is cut off inside its last frame, or None when its frames end cleanly.
 
-    Reads only the file's tail: the first run of chained frame headers found there is followed
-    to the end of the audio. A run that stops before the end (an unknown trailing tag, or junk)
-    gives no verdict, so a file is never refused on a guess.
+    Reads only the file's tail and follows frame headers, each giving the next one's offset, from
+    the first place where they chain. When no chain reaches the end of the audio (an unknown
+    trailing tag, or junk) there is no verdict: a file is never refused on a guess. A file cut
+    exactly between two frames is a valid, shorter MP3 and cannot be told from one.
     """
     with open(path, "rb") as f:
         end = _audio_end(f, os.fstat(f.fileno()).st_size)
