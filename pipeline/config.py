@@ -55,6 +55,7 @@ class ItemsConfig(Section):
     format: TableFormat = "auto"
     encoding: str = "utf-8"
     id: str = "item_id"
+    duplicates: Literal["error", "first"] = "error"  # first: keep each id's first row, drop the later ones
     text: dict[str, str] = {}
     image: dict[str, str] = {}
     audio: dict[str, str] = {}
