@@ -2,9 +2,9 @@
 optionally ``report.html``, ``report_text.py``) for people, and PNG plots (``report_plots.py``),
 written atomically into one directory.
 
-Sections: verdict, test metrics with paired significance, learning curves, cost, the cold-start
-item slice, the per-modality ablation, failed arms, and the ``modalrec train`` command that
-reproduces each run.
+Sections: verdict, test metrics with paired significance, learning curves, cost, the item slices
+(warm, cold-start and long-tail items, catalog coverage), the per-modality ablation, failed arms,
+and the ``modalrec train`` command that reproduces each run.
 """
 
 from __future__ import annotations

@@ -155,14 +155,15 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
 
     base_ok = baseline in per_user
     family: dict[str, float | None] = {}
-    cold_metric = f"cold/{metric}"
     for arm in ok:
         e, pu = entries[arm.name], per_user[arm.name]
         if base_ok and arm.name != baseline and metric in pu:
             e["vs_baseline"] = paired_test(pu[metric], per_user[baseline][metric])
             family[arm.name] = e["vs_baseline"]["p_ttest"]
-            if cold_metric in pu and cold_metric in per_user[baseline]:
-                e["cold_vs_baseline"] = paired_test(pu[cold_metric], per_user[baseline][cold_metric])
+            for part in ("cold", "tail"):  # paired over the users with test items in the slice
+                sliced = f"{part}/{metric}"
+                if sliced in pu and sliced in per_user[baseline]:
+                    e[f"{part}_vs_baseline"] = paired_test(pu[sliced], per_user[baseline][sliced])
         if arm.counterpart in per_user and metric in pu:
             e["vs_counterpart"] = paired_test(pu[metric], per_user[arm.counterpart][metric])
     for name, p in holm(family).items():
@@ -172,6 +173,8 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
         "title": f"Frozen vs fine-tuned on {cfg.data.name}",
         "data": cfg.data.name, "split": data.meta.get("protocol", cfg.data.split.protocol),
         "model": cfg.model.name, "metric": metric, "shown_metrics": shown,
+        "slice_metrics": [x for x in (f"recall@{k}", f"ndcg@{k}") if x.split("@")[0] in cfg.eval.metrics] or [metric],
+        "long_tail_share": cfg.eval.long_tail_share if cfg.eval.long_tail_slice else None,
         "valid_metric": cfg.train.valid_metric, "baseline": baseline, "seeds": context["seeds"], "alpha": ALPHA,
         "users": int(len(users_ref)) if users_ref is not None else 0,
         "budget": {k2: getattr(cfg.train, k2) for k2 in ("epochs", "patience", "lr", "batch_size", "optimizer")}
@@ -257,6 +260,17 @@ def _verdict(report: dict, entries: dict, ok: list[Arm], metric: str) -> dict[st
         out["cost_over_ids"] = name
         lines.append(f"Among the content arms, **{name}** buys the most over ID-only per extra compute-minute: "
                      f"{value:+.4f} test {metric} per minute.")
+    slices = []
+    for part, key, what in (("cold", f"cold/{metric}", "best on cold-start items"),
+                            ("tail", f"tail/{metric}", "best on long-tail items"),
+                            ("coverage", f"coverage@{metric.split('@')[1]}", "widest catalog coverage")):
+        best_in = max(((entries[a.name]["test"][key]["mean"], a.name) for a in ok if key in entries[a.name]["test"]),
+                      default=None)
+        if best_in is not None:
+            out[part] = best_in[1]
+            slices.append(f"{what}: **{best_in[1]}** ({key} {best_in[0]:.4f})")
+    if slices:
+        lines.append(slices[0][0].upper() + "; ".join(slices)[1:] + ".")
     ft = [(entries[a.name]["test"][metric]["mean"], a.name) for a in ok if a.kind == "finetuned"]
     if ft:
         v, name = max(ft)

@@ -69,18 +69,20 @@ def plot_cost(report: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_cold(report: dict, path: Path) -> None:
+def plot_slices(report: dict, path: Path) -> None:
     m = report["metric"]
-    arms = [a for a in ok_arms(report) if f"cold/{m}" in a["test"] or f"warm/{m}" in a["test"]]
-    fig = _figure(max(6, 0.6 * len(arms) + 2), 4)
+    parts = [p for p in ("cold", "warm", "tail") if any(f"{p}/{m}" in a["test"] for a in ok_arms(report))]
+    arms = [a for a in ok_arms(report) if any(f"{p}/{m}" in a["test"] for p in parts)]
+    fig = _figure(max(6, 0.2 * len(parts) * len(arms) + 2), 4)
     ax = fig.add_subplot()
     x = np.arange(len(arms))
-    for off, part in ((-0.2, "cold"), (0.2, "warm")):
+    width = 0.8 / max(len(parts), 1)
+    for i, part in enumerate(parts):
         vals = [a["test"].get(f"{part}/{m}", {}).get("mean", 0.0) for a in arms]
         errs = [a["test"].get(f"{part}/{m}", {}).get("std", 0.0) for a in arms]
-        ax.bar(x + off, vals, 0.4, yerr=errs, capsize=2, label=f"{part} items")
+        ax.bar(x + (i - (len(parts) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=f"{part} items")
     ax.set_xticks(x, [a["name"] for a in arms], rotation=40, ha="right", fontsize=7)
-    ax.set(ylabel=f"test {m}", title="Cold-start items (never seen in training) and warm items")
+    ax.set(ylabel=f"test {m}", title="Cold-start (never seen in training), warm and long-tail items")
     if arms:
         ax.legend()
     fig.savefig(path)
@@ -111,4 +113,4 @@ def plot_ablation(report: dict, path: Path) -> None:
 
 
 PLOTS = {"metrics.png": plot_metrics, "learning_curves.png": plot_curves, "cost.png": plot_cost,
-         "cold_start.png": plot_cold, "ablation.png": plot_ablation}
+         "cold_start.png": plot_slices, "ablation.png": plot_ablation}

@@ -9,8 +9,9 @@ import re
 from .formats import integer, mean_pm, number, p_value, signed
 from .report_data import ok_arms
 
-SECTIONS = ("Verdict", "Test metrics", "Learning curves", "Cost", "Cold-start items", "Per-modality ablation",
+SECTIONS = ("Verdict", "Test metrics", "Learning curves", "Cost", "Item slices", "Per-modality ablation",
             "Failed arms", "Reproduce")
+SLICES = (("", "overall"), ("warm/", "warm"), ("cold/", "cold-start"), ("tail/", "long tail"))
 
 
 def blocks(report: dict) -> list[tuple]:
@@ -79,22 +80,7 @@ def blocks(report: dict) -> list[tuple]:
                     ext_rows))
     out.append(("img", "cost.png", "accuracy against cost"))
 
-    out.append(("h2", "Cold-start items"))
-    cold = [a for a in ok if f"cold/{m}" in a["test"]]
-    if cold:
-        out.append(("p", f"Test {m} with the ground truth restricted to items never seen in training (cold) and "
-                         f"to the others (warm); Δ and p paired over users with cold test items, against {base}."))
-        rows = []
-        for a in cold:
-            vs = a.get("cold_vs_baseline") or {}
-            rows.append([a["name"], mean_pm(a["test"].get(f"cold/{m}")), mean_pm(a["test"].get(f"warm/{m}")),
-                         "baseline" if a["name"] == base else signed(vs.get("diff")), p_value(vs.get("p_ttest")) if vs else "",
-                         p_value(vs.get("p_wilcoxon")) if vs else ""])
-        out.append(("table", ["arm", f"cold {m}", f"warm {m}", "Δ cold", "p (t)", "p (Wilcoxon)"], rows))
-        out.append(("img", "cold_start.png", "cold-start slice"))
-    else:
-        out.append(("p", f"The test split (`{report['split']}`) has no items unseen in training, so there is no "
-                         "cold-start slice (a `cold_start` or `temporal_global` split has one)."))
+    out += _slices(report, ok)
 
     out.append(("h2", "Per-modality ablation"))
     if report["ablation"]:
@@ -126,6 +112,44 @@ def blocks(report: dict) -> list[tuple]:
                      "retrains one (arm, seed) with `modalrec train` into the default runs folder; on the same "
                      "machine it gives the same numbers."))
     out.append(("pre", "\n".join(f"# {a['name']} seed {r['seed']}\n{r['command']}" for a in arms for r in a["runs"])))
+    return out
+
+
+def _slices(report: dict, ok: list[dict]) -> list[tuple]:
+    """Each arm on all test items, on warm, cold-start and long-tail items, and its catalog
+    coverage; then the paired tests on the cold and long-tail slices against the baseline."""
+    m, base, metrics = report["metric"], report["baseline"], report["slice_metrics"]
+    coverage = f"coverage@{m.split('@')[1]}"
+    columns = [(f"{prefix}{x}", f"{label} {x}") for prefix, label in SLICES for x in metrics
+               if any(f"{prefix}{x}" in a["test"] for a in ok)]
+    columns += [(coverage, coverage)] if any(coverage in a["test"] for a in ok) else []
+    share = report.get("long_tail_share")
+    out: list[tuple] = [("h2", "Item slices")]
+    out.append(("p", "Test metrics, mean ± std over seeds, with the ground truth restricted to items seen in training "
+                     "(warm), never seen in training (cold-start) and the long tail"
+                + (f" (the least popular trained items, together at most {share:.0%} of the training interactions)"
+                   if share else "")
+                + f"; each slice over the users with test items in it. {coverage}: the share of the catalog in at "
+                  f"least one test user's top {m.split('@')[1]}."))
+    out.append(("table", ["arm", *[label for _, label in columns]],
+                [[a["name"], *[mean_pm(a["test"].get(key)) for key, _ in columns]] for a in ok]))
+    tested = [part for part in ("cold", "tail") if any(f"{part}/{m}" in a["test"] for a in ok)]
+    if tested:
+        out.append(("p", f"Δ {m} and p on each slice, paired over the users with test items in it, against {base}."))
+        rows = []
+        for a in ok:
+            row = [a["name"]]
+            for part in tested:
+                vs = a.get(f"{part}_vs_baseline") or {}
+                row += ["baseline" if a["name"] == base else signed(vs.get("diff")),
+                        p_value(vs.get("p_ttest")) if vs else "", p_value(vs.get("p_wilcoxon")) if vs else ""]
+            rows.append(row)
+        out.append(("table", ["arm", *[h for part in tested for h in (f"Δ {part}", f"p (t, {part})",
+                                                                      f"p (Wilcoxon, {part})")]], rows))
+    if not any(f"cold/{m}" in a["test"] for a in ok):
+        out.append(("p", f"The test split (`{report['split']}`) has no items unseen in training, so there is no "
+                         "cold-start slice (a `cold_start` or `temporal_global` split has one)."))
+    out.append(("img", "cold_start.png", "cold-start, warm and long-tail slices"))
     return out
 
 
