@@ -86,15 +86,14 @@ def _print_extract(r: dict[str, Any]) -> None:
         name = f"{f['encoder']}:{f['field']}"
         print(f"{name:<28} {f['dim']:>5} {f['items']:>7,} {f['computed']:>9,} {f['reused']:>7,} {f['failed']:>7,} "
               f"{f['seconds']:>8.2f} {f['items_per_second']:>8.1f}")
-        failed = [x for x in f["failures"] if x.get("kind", "failed") == "failed"]
+        failed = [x for x in f["failures"] if x["kind"] == "failed"]  # missing files: one line, prepare told
         for fail in failed[:10]:
             print(f"    skipped {fail['item_id']}: {fail['reason']}")
         if len(failed) > 10:
             print(f"    ... and {len(failed) - 10} more (see --json)")
-        if f.get("missing"):  # prepare reported these already: one line, not one per item
-            first = next(x for x in f["failures"] if x.get("kind") == "missing")
-            print(f"    {f['missing']:,} files do not exist (masked; `data prepare` counts them), "
-                  f"e.g. {first['item_id']}: {first['value']}")
+        if f["missing"]:
+            print(f"    {f['missing']:,} files do not exist (masked), e.g. "
+                  + next(x["value"] for x in f["failures"] if x["kind"] == "missing"))
     print(f"store      {r['store']}")
 
 
@@ -245,12 +244,9 @@ def _cmd_store_gc(args: argparse.Namespace, overrides: list[str]) -> None:
 
     def human(r):
         for kind, paths in r.items():
-            if paths and kind not in ("keep_unmatched", "in_use"):
-                print(f"{verb} {len(paths)} {kind}: " + ", ".join(p.rsplit('/', 1)[-1] for p in paths[:8])
-                      + (" ..." if len(paths) > 8 else ""))
-        if r["in_use"]:
-            print(f"kept {len(r['in_use'])} sets being written (leased): "
-                  + ", ".join(p.rsplit('/', 1)[-1] for p in r["in_use"][:8]))
+            if paths and kind != "keep_unmatched":
+                print(f"{'kept (being written)' if kind == 'in_use' else verb} {len(paths)} {kind}: "
+                      + ", ".join(p.rsplit('/', 1)[-1] for p in paths[:8]) + (" ..." if len(paths) > 8 else ""))
         if not any(v for k, v in r.items() if k not in ("keep_unmatched", "in_use")):
             print("nothing to remove")
 

@@ -6,7 +6,7 @@ ended. Under ``accelerate launch`` the work is sharded across processes (rank r 
 world-th missing item) and every rank writes its own shards into the same feature set.
 
 A warm re-run does not build the encoders at all: the link a run leaves per (encoder, field)
-(``features.write_link``) records the encoder config and a cheap stamp of the weights' files
+(``FeatureStore.write_link``) records the encoder config and a cheap stamp of the weights' files
 (:func:`weights_stamp`). When both still match and the store holds every current content key,
 the feature set is reported as reused without loading a model. Content keys of media files are
 remembered by file stat in the store's content-key cache (:class:`ContentKeys`), so that check
@@ -414,8 +414,8 @@ def _reuse(store, cfg: Config, name: str, ec: EncoderConfig, field_name: str, va
         return None
     if fs is None or fs.dtype != cfg.extract.storage_dtype:
         return None
-    if check and fs.check(keys):
-        return None  # something was damaged: the encoder may have rows to compute again
+    if check:  # a damaged view is rebuilt here; rows of a damaged shard become work (the plan sees them)
+        fs.check(keys)
     plan = _plan(fs, values, keys, ec.on_error, unreadable)
     if plan.todo or ((plan.failed or plan.missing) and ec.on_error == "error"):
         return None
@@ -425,7 +425,8 @@ def _reuse(store, cfg: Config, name: str, ec: EncoderConfig, field_name: str, va
                          seconds=time.perf_counter() - started, set_name=fs.name)
 
 
-def extract(cfg: Config, prepared: PreparedData, accelerator=None, only: list[str] | None = None) -> list[ExtractResult]:
+def extract(cfg: Config, prepared: PreparedData, accelerator=None,
+            only: list[str] | None = None) -> list[ExtractResult]:
     """Run every encoder of ``cfg.encoders`` (or those named in ``only``) over its fields;
     returns one result per feature set."""
     from accelerate import Accelerator

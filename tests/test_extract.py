@@ -587,5 +587,27 @@ def test_store_ls_info_gc(setup, capsys):
     assert all(f["computed"] == 0 for f in out["feature_sets"])
 
 
+def test_warm_run_rebuilds_a_damaged_view_without_building_the_encoder(setup, capsys, monkeypatch):
+    import encoders
+    from pipeline.store import StoreWarning
+    from pipeline.store.tensor_file import TensorFile
+    from pipeline.store.views import view_checksum_ok
+
+    first = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    right, _ = stored(setup, "text")  # reading builds the catalog's view
+    (view,) = (setup.parent / "cache" / "features" / first["set"] / "views").glob("*.safetensors")
+    f = TensorFile(view)
+    data = bytearray(view.read_bytes())
+    data[f.data_start + f.entries["vectors"][2] + 3] ^= 0x7F
+    view.write_bytes(bytes(data))
+
+    monkeypatch.setattr(encoders, "create", lambda *a, **k: pytest.fail("the warm path must not build an encoder"))
+    with pytest.warns(StoreWarning, match="checksum mismatch.*rebuilt from the shards"):
+        again = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    assert (again["computed"], again["reused"], again["encoder_built"]) == (0, N, False)
+    assert view_checksum_ok(view) is True
+    np.testing.assert_array_equal(stored(setup, "text")[0], right)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["kill-child"]:
     _kill_child(*sys.argv[2:])
