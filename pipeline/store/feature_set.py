@@ -131,8 +131,10 @@ class FeatureSet(SetFiles):
 
         Absent keys (None, never written, failed) have present False and a zero row. Rows come
         from a view file built once per key list and store state, so the result maps one file
-        instead of copying rows into RAM. bfloat16 rows are uint16 bit patterns: use
-        ``as_torch``. The array is copy-on-write: writing to it never changes the store.
+        instead of copying rows into RAM; the view's checksum is checked first, and a damaged
+        view is rebuilt from verified shards. (A read-only store without a view directory:
+        rows gathered into memory.) bfloat16 rows are uint16 bit patterns: use ``as_torch``.
+        The array is copy-on-write: writing to it never changes the store.
         """
         keys = list(keys)
         if not keys:
