@@ -245,3 +245,20 @@ def test_reading_a_set_that_vanished_is_a_clear_error(store):
         with pytest.raises(DataError, match="was removed from .* while in use"):
             fs.read(["a", "b"])
     assert not fs.path.exists()  # not brought back half-made by the read
+
+
+def test_the_view_directory_is_a_config_key(tmp_path, monkeypatch):
+    from conftest import write_config
+
+    from pipeline.config import load_config
+
+    cfg_path = write_config(tmp_path / "c.yaml", {
+        "cache_dir": "cache", "store": {"view_dir": "private-views"},
+        "data": {"name": "x", "root": "raw", "interactions": {"path": "events.csv"}}})
+    store = FeatureStore.from_config(load_config(cfg_path))
+    assert store.view_dir == tmp_path / "private-views"  # relative to the config file, like every path
+    monkeypatch.chdir(tmp_path / "..")
+    other = FeatureStore.from_config(load_config(cfg_path, ["store.view_dir=elsewhere"]))
+    assert other.view_dir == tmp_path.parent / "elsewhere"  # overrides: relative to where you run
+    fs = store.open_set("fp", "title", dim=2)
+    assert fs.view_dir == store.view_dir and store.sets()[0].view_dir == store.view_dir
