@@ -84,7 +84,11 @@ def hf_checkpointing(module: "nn.Module") -> bool:
         if hasattr(sub, "gradient_checkpointing_enable") and hasattr(sub, "config"):
             if not getattr(sub, "supports_gradient_checkpointing", True):
                 return False
-            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(sub, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+                sub.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             return True
     return False
 
