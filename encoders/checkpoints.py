@@ -10,8 +10,11 @@ are not read) and a failure is a `WeightsUnreadableError` that names the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .base import WeightsUnreadableError
@@ -36,6 +39,15 @@ def pickled_weights(location: str | os.PathLike) -> list[Path]:
     return [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES and not p.name.startswith(_NOT_WEIGHTS)]
 
 
+def _why(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.startswith("Weights only load failed"):
+        return ("it is a pickle that needs more than plain tensors to load, and modalrec never runs code "
+                "from a checkpoint (torch.load weights_only=True refused it)")
+    return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}: {first[:200]})"
+
+
 def check_checkpoint(path: str | os.PathLike, backend: str) -> None:
     """Open a pickled checkpoint the safe way; WeightsUnreadableError naming it when that fails."""
     import torch
@@ -47,18 +59,23 @@ def check_checkpoint(path: str | os.PathLike, backend: str) -> None:
         else:  # the legacy format (or not a checkpoint at all) cannot be memory-mapped
             torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # anything torch.load raises means the library cannot load it either
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        first = lines[0] if lines else ""
-        if first.startswith("Weights only load failed"):
-            why = ("it is a pickle that needs more than plain tensors to load, and modalrec never runs code "
-                   "from a checkpoint (torch.load weights_only=True refused it)")
-        else:
-            why = f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}: {first[:200]})"
         raise WeightsUnreadableError(
-            f"{backend}: cannot read the weights file {path}: {why}. Save the weights as safetensors "
+            f"{backend}: cannot read the weights file {path}: {_why(exc)}. Save the weights as safetensors "
             f"(model.safetensors) where the file is trusted, or point the spec at an intact copy.") from None
 
 
 def check_pickled_weights(location: str | os.PathLike, backend: str) -> None:
     for path in pickled_weights(location):
         check_checkpoint(path, backend)
+
+
+@contextlib.contextmanager
+def refusing_pickles(backend: str, name: str) -> Iterator[None]:
+    """Around a library's load from a hub or cache, where the file is the library's to find: a
+    pickled checkpoint it cannot read names the model instead of ending in a traceback."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        raise WeightsUnreadableError(
+            f"{backend}: cannot read the pickled checkpoint {name!r} resolves to: {_why(exc)}. Use a "
+            f"safetensors copy of the weights, or download them again.") from None

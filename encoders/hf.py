@@ -18,7 +18,7 @@ from pipeline.errors import ConfigError
 
 from .backend import Backend, WeightsLocation, hf_checkpointing
 from .base import Encoder, jsonable
-from .checkpoints import check_pickled_weights
+from .checkpoints import check_pickled_weights, refusing_pickles
 from .file_hashes import sha256_tree
 from .processing import HFAudio, HFImage, HFText, PadCollate
 from .registry import Options, register_backend
@@ -177,7 +177,7 @@ def _build(prefix: str, name: str, modality, offline: bool, random_init: bool, o
     hub_kw = {"trust_remote_code": trust, "local_files_only": offline or local}
     if revision and not local:
         hub_kw["revision"] = revision
-    with loading(prefix, name, offline=offline, local=local):
+    with loading(prefix, name, offline=offline, local=local), refusing_pickles(prefix, name):
         config = AutoConfig.from_pretrained(source, **hub_kw)
         modality, dual = _infer_modality(config, prefix, modality)
         extra = {} if dual else _model_kwargs(config)

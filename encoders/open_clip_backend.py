@@ -19,7 +19,7 @@ from pipeline.store.files import write_file_atomic
 
 from .backend import Backend, WeightsLocation, flag_checkpointing
 from .base import Encoder, canonical_json, jsonable
-from .checkpoints import check_pickled_weights
+from .checkpoints import check_pickled_weights, refusing_pickles
 from .file_hashes import sha256_tree
 from .processing import OpenClipText, PadCollate, TorchvisionImage
 from .registry import Options, register_backend
@@ -122,7 +122,7 @@ def create_open_clip(name: str, *, modality=None, offline=False, random_init=Fal
         if weights_ref and not random_init:
             kwargs["pretrained"] = str(weights_file) if local else weights_ref
 
-    with loading("open_clip", name, offline=offline, local=local):
+    with loading("open_clip", name, offline=offline, local=local), refusing_pickles("open_clip", name):
         if random_init:
             if model_name.startswith("local-dir:"):  # local-dir always loads its weights
                 raise ConfigError("open_clip: random_init needs an architecture name or config json, not a folder")

@@ -114,7 +114,7 @@ def get_backend(prefix: str) -> Backend:
 def backend_of(encoder: Encoder) -> Backend:
     """The backend that built ``encoder`` (by its spec); a bare `Backend` for hand-built encoders."""
     try:
-        return get_backend(parse_spec(encoder.spec)[0])
+        return get_backend(parse_spec(getattr(encoder, "spec", ""))[0])
     except ModalrecError:
         return Backend()
 

@@ -10,7 +10,7 @@ from pipeline.errors import ConfigError
 
 from .backend import Backend, WeightsLocation, hf_checkpointing
 from .base import Encoder
-from .checkpoints import check_pickled_weights
+from .checkpoints import check_pickled_weights, refusing_pickles
 from .file_hashes import sha256_tree
 from .processing import HFText, PadCollate
 from .registry import Options, register_backend
@@ -74,7 +74,7 @@ def create_st(name: str, *, modality=None, offline=False, random_init=False, **o
     source, local = _source(name)
     if local:
         check_pickled_weights(source, "st")
-    with loading("st", name, offline=offline, local=local):
+    with loading("st", name, offline=offline, local=local), refusing_pickles("st", name):
         model = SentenceTransformer(source, device="cpu", trust_remote_code=trust, revision=revision,
                                     local_files_only=offline or local)
     first = model[0]

@@ -299,3 +299,15 @@ def test_open_clip_weights_file_given_as_a_pickle(tmp_path, tiny):
     with pytest.raises(WeightsUnreadableError, match=str(weights)):
         encoders.create(f"open_clip:{config}@{weights}", modality="image", offline=True)
     assert not marker.exists()
+
+
+def test_pickles_a_library_resolves_from_a_hub_cache_name_the_model(tmp_path):
+    from encoders.checkpoints import refusing_pickles
+
+    marker = tmp_path / "code-ran"
+    cached = tmp_path / "pytorch_model.bin"  # where a library found it: only the library knows the path
+    torch.save({"x": _Evil(marker)}, cached)
+    with pytest.raises(WeightsUnreadableError, match="'org/model'.*never runs code"):
+        with refusing_pickles("hf", "org/model"):
+            torch.load(cached, weights_only=True)
+    assert not marker.exists()
