@@ -4,7 +4,8 @@ Spellings (case and surrounding spaces ignored): ``frozen``, ``full``, ``bias``,
 ``cached-top-k:N`` (top-k whose frozen blocks below the cut are computed once per item and
 replayed), ``lora`` and ``lora:R``. A `Policy` is also a pydantic type: a config field declared
 ``policy: Policy`` is parsed when the config is validated, so a typo fails naming its key and
-no other code splits policy strings. It serialises back to its canonical spelling.
+no other code splits policy strings. It serialises back to its canonical spelling. It lives
+beside the config rather than in `encoders` so that validating a config imports no torch.
 """
 
 from __future__ import annotations
