@@ -356,6 +356,12 @@ class CompareConfig(Section):
     html: bool = False  # also write report.html
 
 
+class StoreConfig(Section):
+    # views of a store this user cannot write to; must be this user's own (created 0700).
+    # Default $MODALREC_VIEW_DIR; with neither, such reads gather rows into memory.
+    view_dir: Path | None = None
+
+
 class Config(Section):
     cache_dir: Path = Path("cache")
     data: DataConfig
@@ -366,6 +372,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig = CompareConfig()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
@@ -412,7 +419,7 @@ class Config(Section):
 
 
 # Keys whose values are filesystem paths resolved against the config file (or cwd for overrides).
-_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir")
+_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir", "store.view_dir")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

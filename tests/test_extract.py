@@ -166,9 +166,9 @@ def stored(cfg_path: Path, encoder: str, field: str | None = None):
     """(vectors, present) of the feature set the link of ``encoder`` names, in catalog order."""
     from pipeline.config import load_config
     from pipeline.data import PreparedData
-    from pipeline.extract import ContentKeys, _values
+    from pipeline.extract import _values
     from pipeline.features import link_path
-    from pipeline.store import FeatureStore
+    from pipeline.store import ContentKeys, FeatureStore
 
     cfg = load_config(cfg_path)
     field = field or cfg.encoders[encoder].fields[0]
@@ -302,21 +302,20 @@ def test_changed_weights_at_the_same_path_are_noticed(tmp_path, models, capsys):
 def test_content_keys_remembered_by_stat(tmp_path, monkeypatch):
     import hashlib
 
-    import pipeline.extract
-    from pipeline.extract import ContentKeys
-    from pipeline.store import content_key_file
+    import pipeline.store.content_keys
+    from pipeline.store import ContentKeys, content_key_file
 
     raw = write_catalog(tmp_path / "raw", n=3)
     # Files changed less than RACY_NS ago are never remembered (their ctime was just set, too):
     # pretend these were written long ago, then restore the rule for the file changed below.
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", -10**12)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", -10**12)
     files = [str(raw / "media" / f"i{i:02d}.jpg") for i in range(3)]
     sidecar = tmp_path / "keys" / "tiny.json"
     ck = ContentKeys(sidecar)
     keys = ck.keys([*files, None, str(raw / "nope.jpg")], "image")
     assert keys == [content_key_file(f) for f in files] + [None, None]  # the store's own keys
     ck.save()
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", 2_000_000_000)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", 2_000_000_000)
 
     fx.write_image(Path(files[1]), size=(40, 48), seed=50)  # changed just now: hashed, not remembered
     real = hashlib.file_digest
@@ -710,6 +709,28 @@ def test_store_ls_info_gc(setup, capsys):
     assert len(left) == 3 and fp not in {s["fingerprint"] for s in left}
     out = ok(capsys, setup, "encoders.text.options.max_length=4")
     assert all(f["computed"] == 0 for f in out["feature_sets"])
+
+
+def test_warm_run_rebuilds_a_damaged_view_without_building_the_encoder(setup, capsys, monkeypatch):
+    import encoders
+    from pipeline.store import StoreWarning
+    from pipeline.store.tensor_file import TensorFile
+    from pipeline.store.views import view_checksum_ok
+
+    first = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    right, _ = stored(setup, "text")  # reading builds the catalog's view
+    (view,) = (setup.parent / "cache" / "features" / first["set"] / "views").glob("*.safetensors")
+    f = TensorFile(view)
+    data = bytearray(view.read_bytes())
+    data[f.data_start + f.entries["vectors"][2] + 3] ^= 0x7F
+    view.write_bytes(bytes(data))
+
+    monkeypatch.setattr(encoders, "create", lambda *a, **k: pytest.fail("the warm path must not build an encoder"))
+    with pytest.warns(StoreWarning, match="checksum mismatch.*rebuilt from the shards"):
+        again = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    assert (again["computed"], again["reused"], again["encoder_built"]) == (0, N, False)
+    assert view_checksum_ok(view) is True
+    np.testing.assert_array_equal(stored(setup, "text")[0], right)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["kill-child"]:
