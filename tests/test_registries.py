@@ -165,5 +165,7 @@ def test_names_are_taken_once_and_unknown_metrics_fail_early():
         register_model("bpr")(Other)
     with pytest.raises(ValueError, match="letters, digits"):
         register_metric("recall@5")
+    with pytest.raises(ValueError, match="taken by the evaluator"):
+        register_metric("coverage")
     with pytest.raises(ConfigError, match="no metric named 'nope'"):
         Evaluator(3, 4, (np.array([0]), np.array([1])), (np.array([0]), np.array([2])), metrics=("recall", "nope"))

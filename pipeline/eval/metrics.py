@@ -34,8 +34,14 @@ MetricFn = Callable[["Ranking", int], torch.Tensor]
 METRIC_FUNCTIONS: Registry[MetricFn] = Registry("metric")
 
 
+# the evaluator reports coverage@k itself (a property of all users' lists, not a per-user value)
+RESERVED = ("coverage",)
+
+
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
     """Function decorator: register ``fn(ranking, k) -> [U]`` as the metric ``<name>@k``."""
+    if name in RESERVED:
+        raise ValueError(f"metric name {name!r} is taken by the evaluator's own {name}@k")
     return METRIC_FUNCTIONS.register(name)
 
 
