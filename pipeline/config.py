@@ -21,7 +21,7 @@ import yaml
 from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .section import Section, validate_section
+from .section import Section, validate_section, validation_errors
 
 
 class DemoConfig(Section):
@@ -479,12 +479,6 @@ def _resolve_feature_runs(tree: dict, base: Path) -> None:
     for entry, run in _section_values(tree, "features", "run"):
         if not Path(run).is_absolute():
             entry["run"] = os.path.normpath(base / run)
-
-
-def validation_errors(errors: list[dict[str, Any]]) -> ValidationError:
-    """A ``ValidationError`` of pydantic line errors (``type``, ``loc``, ``input``) raised from a
-    validator, so each is reported under its own dotted key."""
-    return ValidationError.from_exception_data("config", errors)
 
 
 def _format_validation(err: ValidationError, source: str) -> str:
