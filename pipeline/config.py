@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, \
+    field_validator, model_validator
 
 from .errors import ConfigError
+from .policy import Policy
 from .section import Section, validate_section, validation_errors
 
 
@@ -194,9 +196,23 @@ class LiveEncoderConfig(Section):
     """One encoder trained end to end inside the item tower (a key of `encoders`)."""
 
     field: str | None = None  # which of the encoder's fields (default: its only one)
-    policy: str = "full"  # frozen | full | top-k:N | bias | lora[:rank]
+    policy: Policy = Policy("full")  # frozen | full | top-k:N | cached-top-k:N | bias | lora[:rank]
     cached: bool = False  # top-k only: cache the hidden states below the trained blocks, train from them
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+
+    @model_validator(mode="after")
+    def _one_cache_flag(self) -> "LiveEncoderConfig":
+        """``policy: cached-top-k:N`` and ``{policy: top-k:N, cached: true}`` are one setting: afterwards
+        ``policy.cached`` and ``cached`` agree."""
+        if self.cached and self.policy.kind != "top-k":
+            raise ValueError(f"cached needs policy top-k:N (got {str(self.policy)!r})")
+        if self.cached != self.policy.cached:
+            self.policy, self.cached = self.policy.with_cache(), True
+        return self
+
+    @field_serializer("policy")
+    def _policy_spelling(self, policy: Policy) -> str:
+        return str(policy.uncached())  # `cached` carries the rest: saved configs read as before
 
 
 class TowerConfig(Section):
@@ -319,10 +335,11 @@ class CompareConfig(Section):
     metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
     features: list[str] | None = None  # feature sets compared frozen; default all of `features`
     finetune: list[str] | None = None  # encoders fine-tuned; default those the compared features read
-    policies: list[str] = ["full", "top-k:2", "cached-top-k:2", "lora:8"]  # also bias, frozen, top-k:N, lora:R
+    # fine-tuning policies compared (frozen, full, bias, top-k:N, cached-top-k:N, lora, lora:R)
+    policies: list[Policy] = [Policy.parse(p) for p in ("full", "top-k:2", "cached-top-k:2", "lora:8")]
     id_only: bool = True  # the ID-only arm
     ablation: bool = True  # a frozen arm per feature set (image only, text only, ...) besides the fused one
-    finetuned_features: bool | list[str] = True  # ftfeat arms: true (every policy), false, or some policies
+    finetuned_features: bool | list[Policy] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
     common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
@@ -353,8 +370,6 @@ class Config(Section):
             for name, live in self.model.item_tower.live.items():
                 where = f"model.item_tower.live.{name}"
                 self._encoder_field(where, f"{where}.field", name, live.field)
-                if live.cached and not live.policy.startswith("top-k:"):
-                    raise ValueError(f"{where}.cached needs policy top-k:N (got {live.policy!r})")
         metric = self.train.valid_metric
         name, _, k = metric.partition("@")
         if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:

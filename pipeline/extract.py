@@ -42,7 +42,7 @@ from .features import content_keys, link_path, write_link
 # coarse filesystem clock): its key is used but not remembered ("racy git" rule).
 RACY_NS = 2_000_000_000
 _KEYS_FORMAT = 1
-_STAMP_FORMAT = 1
+_STAMP_FORMAT = 2  # 2: weights files enter by content (sha256 per file version)
 
 
 @dataclass
@@ -163,70 +163,45 @@ class ContentKeys:
 # ---------------------------------------------------------------- weights stamp
 
 
-def _stat_files(path: Path) -> list[list]:
-    """(relative path, size, mtime_ns) of a weights file or of every file a model folder holds;
-    READMEs and dot-files are left out, as in the fingerprint (``encoders.weights.sha256_tree``)."""
-    if path.is_file():
-        st = path.stat()
-        return [[path.name, st.st_size, st.st_mtime_ns]]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.lower().endswith(".md"):
-                continue
-            full = Path(dirpath) / name
-            st = full.stat()
-            out.append([full.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
-    return out
+def weights_hashes(cfg: Config):
+    """The store's record of weights-file hashes by file version (``encoders.HashRecord``)."""
+    from encoders.file_hashes import HashRecord
+
+    return HashRecord(cfg.features_dir / "weights-sha256.json")
 
 
-def weights_stamp(ec: EncoderConfig) -> str | None:
-    """A cheap stand-in for the encoder's fingerprint, taken without loading anything.
+def weights_stamp(ec: EncoderConfig, hashes=None) -> str | None:
+    """A cheap stand-in for the encoder's fingerprint, taken without loading any model.
 
-    Local weights (a path in the spec, or a package that ships the weights): the stat of their
-    files. A library architecture with ``random_init``: the spec and library versions. Hub
-    weights, hub configs and backends not built in: None, and extraction builds the encoder to
-    learn its fingerprint.
+    The encoder's backend says where the spec's weights live (``Backend.weights``): local files
+    and folders enter by content (sha256 per file, hashed once per file version and kept in
+    ``hashes``, an ``encoders.HashRecord``) and by size and mtime; architectures a library builds
+    from its own code enter by name, with the backend's library versions. None when the backend
+    cannot locate the weights without loading them (hub weights, backends that do not say), and
+    extraction builds the encoder to learn its fingerprint.
     """
+    from encoders import get_backend, parse_spec
     from encoders.base import IDENTITY_FORMAT
-    from encoders.registry import _ALIASES, parse_spec
-    from encoders.weights import looks_local, packaged_weights
+    from encoders.file_hashes import HashRecord
 
     from .store import library_versions
 
+    hashes = hashes if hashes is not None else HashRecord(None)
     try:
         prefix, name = parse_spec(ec.spec)
+        backend = get_backend(prefix)
+        where = backend.weights(name, random_init=ec.random_init)
     except ModalrecError:
         return None
-    prefix = _ALIASES.get(prefix, prefix)
-    if prefix not in ("timm", "hf", "hf-audio", "open_clip", "st"):
+    if where is None or not all(p.exists() for p in where.paths):
+        return None  # building the encoder gives the proper error for a missing path
+    try:
+        files = [hashes.describe(p) for p in where.paths]
+    except OSError:
         return None
-    parts = name.split("@") if prefix == "open_clip" else [name]
-    files: list[list] = []  # one group of (path, size, mtime_ns) per local weights path
-    architectures: list[str] = []  # built from library code (covered by the library versions)
-    for i, part in enumerate(parts):
-        packaged = packaged_weights(part if "/" in part else f"sentence-transformers/{part}") \
-            if prefix == "st" and not looks_local(part) else None
-        if part.startswith("hf-hub:"):
-            return None
-        if looks_local(part):
-            path = Path(os.path.expanduser(part)).resolve()
-            if not path.exists():
-                return None  # building the encoder gives the proper error
-            files.append(_stat_files(path))
-        elif packaged is not None:
-            files.append(_stat_files(packaged))
-        elif (prefix == "timm" and ec.random_init) or \
-                (prefix == "open_clip" and i == 0 and (ec.random_init or len(parts) > 1)):
-            architectures.append(part)  # open_clip: its own config, with local weights after the '@'
-        else:
-            return None
-    now = time.time_ns()
-    if any(now - mtime < RACY_NS for group in files for _, _, mtime in group):
-        return None  # weights written just now may be rewritten within one clock tick
-    body = {"format": _STAMP_FORMAT, "identity_format": IDENTITY_FORMAT, "versions": library_versions(),
-            "spec": ec.spec, "random_init": ec.random_init, "files": files, "architectures": architectures}
+    body = {"format": _STAMP_FORMAT, "identity_format": IDENTITY_FORMAT, "backend": backend.prefix,
+            "versions": library_versions(ec.spec), "spec": ec.spec, "random_init": ec.random_init,
+            "files": files, "architectures": list(where.builtin)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -507,11 +482,14 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[Extra
         os.environ["HF_HUB_OFFLINE"] = "1"
     store = FeatureStore(cfg.features_dir)
     key_cache = ContentKeys.for_config(cfg)
+    hashes = weights_hashes(cfg)
     item_ids = _values(prepared, "item_id")
     results = []
     for name, ec in cfg.encoders.items():
         modality = _modality_of(prepared, name, ec)
-        stamp = weights_stamp(ec)  # taken before any weights are read: a later change is seen next run
+        stamp = weights_stamp(ec, hashes)  # taken before the model loads: a later change is seen next run
+        if accelerator.is_main_process:
+            hashes.save()
         values = {f: _values(prepared, f) for f in ec.fields}
         keys = {f: key_cache.keys(values[f], modality) for f in ec.fields}
         if accelerator.is_main_process:

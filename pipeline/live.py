@@ -95,7 +95,7 @@ def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor
 
     from .store import FeatureStore
 
-    k = int(src.policy.split(":", 1)[1])
+    k = src.policy.k
     enc = src.encoder
     enc.set_trainable(src.policy)  # the cut must see the same blocks the policy trains
     fingerprint = hashlib.sha256(f"{enc.fingerprint}:hidden-below-top-{k}".encode()).hexdigest()
