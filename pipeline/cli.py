@@ -150,7 +150,9 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     cfg = load_config(args.config, overrides)
     if cfg.model is None:
-        raise ModalrecError(f"{args.config}: no `model` section; pick one with model.name=bpr (or vbpr, lightgcn, freedom)")
+        from .models import MODELS
+
+        raise ModalrecError(f"{args.config}: no `model` section; pick one with model.name=... ({', '.join(MODELS)})")
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum)
     data = _prepared_for(cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
