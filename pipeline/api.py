@@ -137,7 +137,9 @@ def train(config: ConfigLike, overrides: list[str] | None = None, accelerator=No
     cfg = configure(config, overrides)
     if cfg.model is None:
         where = config if isinstance(config, (str, Path)) else "the config"
-        raise ModalrecError(f"{where}: no `model` section; pick one with model.name=bpr (or vbpr, lightgcn, freedom)")
+        from .models import MODELS
+
+        raise ModalrecError(f"{where}: no `model` section; pick one with model.name=... ({', '.join(MODELS)})")
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
                                              gradient_accumulation_steps=cfg.train.grad_accum)
     return run_training(cfg, prepared_on_main(cfg, accelerator), resume=resume, accelerator=accelerator)

@@ -12,22 +12,18 @@ Rules a user can rely on:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, \
-    model_validator
+from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, \
+    field_validator, model_validator
 
 from .errors import ConfigError
 from .policy import Policy
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+from .section import Section, validate_section, validation_errors
 
 
 class DemoConfig(Section):
@@ -97,32 +93,49 @@ class FilterConfig(Section):
     min_item_interactions: int = Field(0, ge=0)
 
 
-SplitProtocol = Literal["label", "random", "temporal_user", "temporal_global", "leave_one_out", "cold_start"]
+def _registered_split(name: str) -> str:
+    from .data.splits import SPLITS  # lazy: the data package reads tables (pandas, datasets)
+
+    return SPLITS.check(name)
 
 
 class SplitConfig(Section):
-    protocol: SplitProtocol = "random"
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 999
-    short_history: int = Field(10, ge=3)  # MMRec: below this, one valid + one test item per user
-    valid_start: dt.date | None = None  # temporal_global: first day of validation
-    test_start: dt.date | None = None  # temporal_global: first day of test
-    cold_items: float = Field(0.2, gt=0, lt=1)  # cold_start: fraction of items held out
+    """``protocol`` names a registered split protocol (``pipeline/data/splits.py``); the other
+    keys are the protocols' own parameters, written flat (``data.split.cold_items``) and
+    validated by the protocol class that declares them. A key that only another protocol takes
+    is validated and kept but not read, so ``data.split.protocol=...`` can switch a config
+    written for another protocol; a key no protocol takes is an error."""
 
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(v)}")
-        return v
+    model_config = ConfigDict(extra="allow")
+    protocol: Annotated[str, AfterValidator(_registered_split)] = "random"
+    seed: int = 999
+    _chosen: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _dates(self) -> "SplitConfig":
-        if (self.valid_start is None) != (self.test_start is None):
-            raise ValueError("set both valid_start and test_start, or neither (then cut by ratios)")
-        if self.valid_start is not None and self.valid_start > self.test_start:
-            raise ValueError(f"valid_start {self.valid_start} is after test_start {self.test_start}")
+    def _protocol_keys(self) -> "SplitConfig":
+        from .data.splits import SPLITS
+
+        given = dict(self.__pydantic_extra__)
+        chosen = SPLITS.get(self.protocol)
+        self._chosen = validate_section(chosen, {k: v for k, v in given.items() if k in chosen.model_fields})
+        keys = self._chosen.model_dump()
+        others = [k for k in given if k not in keys]
+        for owner in (SPLITS.get(n) for n in SPLITS):
+            mine = {k: given[k] for k in others if k in owner.model_fields}
+            if mine:
+                checked = validate_section(owner, mine)
+                keys.update({k: getattr(checked, k) for k in mine})
+                others = [k for k in others if k not in mine]
+        if others:
+            raise validation_errors([{"type": "extra_forbidden", "loc": (k,), "input": given[k]} for k in others])
+        self.__pydantic_extra__.clear()
+        self.__pydantic_extra__.update(keys)
         return self
+
+    @property
+    def params(self):
+        """The chosen protocol with its parameters: ``params.assign(pairs, rng)`` splits."""
+        return self._chosen
 
 
 class DataConfig(Section):
@@ -133,7 +146,7 @@ class DataConfig(Section):
     items: ItemsConfig = ItemsConfig()
     interactions: InteractionsConfig
     filter: FilterConfig = FilterConfig()
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("name")
     @classmethod
@@ -220,77 +233,49 @@ class TowerConfig(Section):
         return self
 
 
-class BPRParams(Section):
-    reg_weight: float = Field(0.01, ge=0)
+def _registered_model(name: str) -> str:
+    from .models.registry import MODELS  # lazy: the model files import torch
+
+    return MODELS.check(name)
 
 
-class VBPRParams(Section):
-    reg_weight: float = Field(2.0, ge=0)  # MMRec's default for VBPR
-
-
-class LightGCNParams(Section):
-    n_layers: int = Field(1, ge=1)
-    reg_weight: float = Field(0.01, ge=0)
-
-
-class FREEDOMParams(Section):
-    n_ui_layers: int = Field(2, ge=1)
-    n_mm_layers: int = Field(1, ge=1)
-    knn_k: int = Field(10, ge=1)
-    dropout: float = Field(0.8, ge=0, lt=1)  # fraction of user-item edges dropped each epoch
-    reg_weight: float = Field(0.0, ge=0)  # weight of the feature-projection BPR terms
-    feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
-    trainable_features: bool = False  # train the feature tables of those terms too (MMRec does, silently)
-
-
-class TwoTowerParams(Section):
-    user: Literal["id", "history", "both"] = "id"  # user tower: id embedding, mean of history items, or both
-    user_mlp: list[Annotated[int, Field(gt=0)]] = []  # hidden widths of an MLP on the user vector
-    loss: Literal["in_batch", "sampled_softmax", "bpr"] = "in_batch"
-    logq: bool = True  # in_batch: subtract log item frequency (Yi et al. 2019)
-    temperature: float = Field(1.0, gt=0)  # logits = score / temperature; with normalize, try ~0.1
-    n_negatives: int = Field(64, ge=1)  # sampled_softmax: uniform negatives per positive
-    normalize: bool = False  # cosine scores; off by default: see pipeline/models/two_tower.py
-
-
-class SASRecParams(Section):
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(1, ge=1)  # must divide model.dim
-    dropout: float = Field(0.2, ge=0, lt=1)
-    max_len: int = Field(50, ge=1)  # the most recent items of a user that the model reads
-    loss: Literal["bce", "sampled_softmax", "in_batch"] = "bce"  # bce: one sampled negative per position
-    n_negatives: int = Field(64, ge=1)  # sampled_softmax
-
-
-MODEL_PARAMS = {"bpr": BPRParams, "vbpr": VBPRParams, "lightgcn": LightGCNParams, "freedom": FREEDOMParams,
-                "two_tower": TwoTowerParams, "sasrec": SASRecParams}
+ModelName = Annotated[str, AfterValidator(_registered_model)]
 
 
 class ModelConfig(Section):
-    """``name`` picks the model; each model's own settings live in the section of its name, so one
-    config can hold settings for several models and ``model.name=...`` switches between them."""
+    """``name`` picks a registered model (``pipeline/models/registry.py``); each model's own
+    settings live in the section of its name, validated by that model's class, so one config can
+    hold settings for several models and ``model.name=...`` switches between them."""
 
-    name: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"]
+    model_config = ConfigDict(extra="allow")  # the sections named after registered models
+    name: ModelName
     dim: int = Field(64, gt=0)
     item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
-    bpr: BPRParams = BPRParams()
-    vbpr: VBPRParams = VBPRParams()
-    lightgcn: LightGCNParams = LightGCNParams()
-    freedom: FREEDOMParams = FREEDOMParams()
-    two_tower: TwoTowerParams = TwoTowerParams()
-    sasrec: SASRecParams = SASRecParams()
+
+    @model_validator(mode="after")
+    def _model_sections(self) -> "ModelConfig":
+        from .models.registry import MODELS
+
+        sections = self.__pydantic_extra__
+        unknown = [k for k in sections if k not in MODELS]
+        if unknown:
+            raise validation_errors([{"type": "extra_forbidden", "loc": (k,), "input": sections[k]} for k in unknown])
+        for key, value in sections.items():
+            sections[key] = validate_section(MODELS.get(key), value, key)
+        if self.name not in sections:
+            sections[self.name] = MODELS.get(self.name)()
+        self.params.check(self.dim)
+        return self
 
     @property
     def params(self):
-        """The chosen model's own settings (``model.<name>``)."""
-        return getattr(self, self.name)
+        """The chosen model's own settings (``model.<name>``), an instance of its registered class."""
+        return self.__pydantic_extra__[self.name]
 
-    @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
-        # the item tower's width is model.dim or a multiple of it, so this is the check that matters
-        if self.name == "sasrec" and self.dim % self.sasrec.n_heads:
-            raise ValueError(f"model.sasrec.n_heads={self.sasrec.n_heads} must divide model.dim={self.dim}")
-        return self
+    def tower(self, features: list[str]) -> TowerConfig:
+        """The item tower: ``item_tower`` as given, else the model's default over ``features``
+        (the names of the feature sets available)."""
+        return self.item_tower if self.item_tower is not None else TowerConfig(**self.params.default_tower(features))
 
 
 class TrainConfig(Section):
@@ -317,10 +302,16 @@ class TrainConfig(Section):
     progress: bool = True
 
 
+def _registered_metric(name: str) -> str:
+    from .eval.metrics import METRIC_FUNCTIONS  # lazy: the metrics are torch functions
+
+    return METRIC_FUNCTIONS.check(name)
+
+
 class EvalConfig(Section):
     ks: list[int] = [10, 20, 50]
-    metrics: list[Literal["recall", "ndcg", "precision", "map", "hit", "mrr"]] = ["recall", "ndcg", "precision",
-                                                                                  "map", "hit", "mrr"]
+    metrics: list[Annotated[str, AfterValidator(_registered_metric)]] = ["recall", "ndcg", "precision", "map",
+                                                                          "hit", "mrr"]
     batch_users: int = Field(4096, gt=0)
     mask_valid_in_test: bool = True  # False reproduces MMRec (valid items stay rankable at test time)
     skip_cold_users: bool = True  # users with no training pairs are not evaluated (as in MMRec)
@@ -339,7 +330,7 @@ class CompareConfig(Section):
     frozen model; plus any extra arms given as overrides."""
 
     name: str | None = None  # results go under <cache_dir>/compare/<name>; default data.name
-    model: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"] | None = "two_tower"  # null: model.name
+    model: ModelName | None = "two_tower"  # null: model.name
     seeds: list[int] = Field([1, 2, 3], min_length=1)  # every arm trains once per seed
     metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
     features: list[str] | None = None  # feature sets compared frozen; default all of `features`

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .metrics import METRICS, topk_metrics
+from .metrics import METRIC_FUNCTIONS, METRICS, topk_metrics
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Evaluator:
         self.n_items = n_items
         self.ks = sorted(ks)
         self.metrics = metrics
+        for name in metrics:  # an unknown name fails here, not after the first training epoch
+            METRIC_FUNCTIONS.get(name)
         self.batch_users = batch_users
         mask_u, mask_i = train
         if also_mask is not None:

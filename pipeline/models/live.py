@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..policy import Policy
-from .towers import FILL_POLICIES, Fusion, ItemTower
+from .towers import FILL_POLICIES, Fusion, ItemTower, fill_missing
 
 
 @dataclass
@@ -132,10 +132,8 @@ class LiveEncoders(ItemTower):
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             vecs = enc(batch)
             out = out.to(vecs.dtype).index_put((present.nonzero().squeeze(1),), vecs)
-        if self.fill == "learned":
-            out = torch.where(present.unsqueeze(1), out, self.missing[name].to(out.dtype))
-        elif self.fill == "mean" and rows and not present.all():
-            out = torch.where(present.unsqueeze(1), out, out[present].mean(0).detach())
+        if self.fill != "zeros":  # absent rows already hold zeros
+            out = fill_missing(out, present, self.fill, self.missing[name] if self.fill == "learned" else None)
         return out, present
 
     def _vectors(self, items: torch.Tensor) -> torch.Tensor:

@@ -15,16 +15,9 @@ from .trainer import mean_std, run_dir_for, train
 
 
 def needed_features(cfg: Config) -> list[str]:
-    """The feature sets the configured model reads (its tower's, and FREEDOM's graph's)."""
-    m = cfg.model
-    names: list[str] = []
-    if m.item_tower is not None:
-        names += m.item_tower.features
-    elif m.name == "vbpr":
-        names += list(cfg.features)
-    if m.name == "freedom":
-        names += list(m.freedom.feature_weights or cfg.features)
-    return list(dict.fromkeys(names))
+    """The feature sets the configured model reads: its item tower's and its own (FREEDOM's graph)."""
+    configured = list(cfg.features)
+    return list(dict.fromkeys([*cfg.model.tower(configured).features, *cfg.model.params.extra_features(configured)]))
 
 
 def run_training(cfg: Config, data: PreparedData, resume: bool = False, accelerator=None) -> dict[str, Any]:
