@@ -167,14 +167,19 @@ class Run:
 
     def prepare(self, cfg: Config, seed: int, *, resume: bool) -> None:
         """After ``check``, on the main process only: a fresh run starts from an empty directory
-        (an earlier run of that name is removed, saying so), a resumed one keeps its files and
-        loses what a kill left half-written. The saved config is the new one either way (a
-        resumed run may have a new budget)."""
-        if not resume and self.path.is_dir() and any(self.path.iterdir()):
+        (an earlier run of that name is removed, saying so) with its config; a resumed one keeps
+        its files and loses what a kill left half-written."""
+        if resume:
+            remove_leftovers(self.path)
+            return
+        if self.path.is_dir() and any(self.path.iterdir()):
             _stderr(f"replacing the earlier run in {self.path}: training it again from scratch")
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.path)
+        self.save_config(cfg, seed)
+
+    def save_config(self, cfg: Config, seed: int) -> None:
+        """The run's own seed goes in, so the saved config alone rebuilds this run (evaluate, recommend)."""
         save_config(snapshot(cfg, seed), self.config_path)
 
     # ------------------------------------------------------------------ checkpoints

@@ -130,6 +130,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     if resume:
         state = run.load_checkpoint(core, optimizer, scheduler, report=main)
         if main:
+            run.save_config(cfg, seed)  # with the budget it now trains to
             print(f"resuming {run.path} at epoch {state['epoch']}", file=sys.stderr, flush=True)
     if cfg.train.tensorboard:
         accelerator.init_trackers("tb")
