@@ -69,8 +69,9 @@ def test_default_run_name_tells_configs_apart(demo, tmp_path):
     assert a.parent == tmp_path and a.name.startswith("demo-bpr-") and a.name.endswith("-s3")
     assert run_dir_for(cfg_of(demo, base, "train.lr=0.02"), 3) != a
     assert run_dir_for(cfg_of(demo, base, "model.dim=32"), 3) != a
-    # display switches and the budget (a resume may extend it) keep the name
-    assert run_dir_for(cfg_of(demo, base, "train.progress=true", "train.tensorboard=true", "train.epochs=7"), 3) == a
+    assert run_dir_for(cfg_of(demo, base, "train.epochs=7"), 3) != a
+    # display switches and where things go cannot change a result: same name
+    assert run_dir_for(cfg_of(demo, base, "train.progress=true", "train.tensorboard=true", "eval.batch_users=7"), 3) == a
 
 
 def test_default_named_runs_of_different_configs_both_survive(demo, tmp_path):

@@ -9,8 +9,9 @@ weights), ``result.json`` and ``tb/``. Every checkpoint and weights file is veri
 A run is never replaced silently. The default name carries a short hash of every config key that
 can change a result (``<data>-<model>-<hash8>-s<seed>``), so different experiments get different
 directories, and ``<data>-<model>-s<seed>`` links to the latest of them. A name that already
-holds a run with another config is refused, naming the keys that differ, unless ``overwrite``;
-``resume`` refuses a config that differs in anything but the budget (``BUDGET_KEYS``).
+holds a run with another config is refused, naming the keys that differ, unless ``overwrite``
+(the same config trains it again). ``resume`` refuses a config that differs in anything but the
+budget (``BUDGET_KEYS``), which only an explicit ``train.run_name`` keeps across a change.
 """
 
 from __future__ import annotations
@@ -67,10 +68,9 @@ def differing_keys(old: dict, new: dict, skip: tuple[str, ...] = IGNORED_KEYS) -
 
 
 def config_digest(cfg: Config) -> str:
-    """sha256 of the config keys that can change a result, less the seed and the budget (a run
-    resumed with more epochs keeps its name)."""
+    """sha256 of the config keys that can change a result, less the seed (the name has it)."""
     flat = _flat(snapshot(cfg, 0).to_dict())
-    body = {k: v for k, v in flat.items() if not _skipped(k, (*IGNORED_KEYS, *BUDGET_KEYS, "train.seed"))}
+    body = {k: v for k, v in flat.items() if not _skipped(k, (*IGNORED_KEYS, "train.seed"))}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -140,7 +140,10 @@ class Run:
         new = json.loads(json.dumps(snapshot(cfg, seed).to_dict()))
         if resume:
             if not self.has_checkpoint():
-                raise ModalrecError(f"no checkpoint to resume from in {self.checkpoint_dir}")
+                hint = ("; a default run name carries a hash of the config, train.epochs included: resume with "
+                        "the run's own config, or name runs with train.run_name to give one more epochs later"
+                        if self.latest_link is not None else "")
+                raise ModalrecError(f"no checkpoint to resume from in {self.checkpoint_dir}{hint}")
             if not self.config_path.is_file():
                 raise ModalrecError(f"cannot resume {self.path}: its {self.CONFIG} is missing, so its config "
                                     "cannot be checked")

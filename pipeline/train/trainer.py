@@ -99,16 +99,16 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     if accelerator.device.type == "cpu" and cfg.train.keep_freed_memory:
         keep_freed_memory()
     main = accelerator.is_main_process
+    if live:  # every seed starts from the same pretrained encoders
+        live = {n: dataclasses.replace(src, encoder=copy.deepcopy(src.encoder)) for n, src in live.items()}
+    model = build_model(cfg.model, data, features, cfg.cache_dir, seed, live=live,
+                        encode_batch_size=cfg.train.encode_batch_size)
+    # the config is sound (the model builds): now the run directory may be checked and set up
     run.check(cfg, seed, resume=resume, overwrite=overwrite)
     accelerator.wait_for_everyone()  # every process has checked before the main one changes anything
     if main:
         run.prepare(cfg, seed, resume=resume)
     accelerator.wait_for_everyone()
-
-    if live:  # every seed starts from the same pretrained encoders
-        live = {n: dataclasses.replace(src, encoder=copy.deepcopy(src.encoder)) for n, src in live.items()}
-    model = build_model(cfg.model, data, features, cfg.cache_dir, seed, live=live,
-                        encode_batch_size=cfg.train.encode_batch_size)
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = _optimizer(cfg, model)
     warmup = cfg.train.warmup_steps
