@@ -354,8 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "under `accelerate launch` for several GPUs. " + OVERRIDES)
     again = t.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    again.add_argument("--overwrite", action="store_true",
-                       help="replace a run of the same name trained with a different config (refused otherwise)")
+    again.add_argument("--overwrite", action="store_true", help="replace a same-named run of another config")
 
     tu = _command(commands, "tune", _cmd_tune, "grid or random hyper-parameter search, selected on validation only",
                   description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.")
