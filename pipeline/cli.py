@@ -115,8 +115,11 @@ def _cmd_extract(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _metrics_line(split: str, metrics: dict[str, Any], keys=("recall@10", "recall@20", "ndcg@10", "ndcg@20")) -> str:
     shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
-    cold = "  ".join(f"{k} {metrics[k]:.4f}" for k in (f"cold/{x}" for x in keys[1::2]) if k in metrics)
-    return f"{split:<6} {shown}" + (f"   cold-start items: {cold}" if cold else "")
+    for prefix, label in (("cold", "cold-start items"), ("tail", "long-tail items")):
+        part = "  ".join(f"{k} {metrics[k]:.4f}" for k in (f"{prefix}/{x}" for x in keys[1::2]) if k in metrics)
+        shown += f"   {label}: {part}" if part else ""
+    coverage = "coverage@" + keys[-1].split("@")[1]
+    return f"{split:<6} {shown}" + (f"   {coverage} {metrics[coverage]:.4f}" if coverage in metrics else "")
 
 
 def _print_train(r: dict[str, Any]) -> None:
@@ -277,16 +280,17 @@ def _print_compare(r: dict[str, Any]) -> None:
             print(f"  {a['name']:<32} {' '.join(a['overrides'])}")
         return
     m = r["metric"]
-    print(f"{'arm':<32} {'test ' + m:>20} {'vs baseline':>12} {'p (t)':>8} {'total s':>9}  status")
+    print(f"{'arm':<32} {'test ' + m:>20} {'cold':>7} {'tail':>7} {'vs baseline':>12} {'p (t)':>8} {'total s':>9}  status")
     for a in r["arms"]:
         if a["status"] != "ok":
-            print(f"{a['name']:<32} {'':>20} {'':>12} {'':>8} {'':>9}  FAILED: {a['error']}")
+            print(f"{a['name']:<32} {'':>20} {'':>7} {'':>7} {'':>12} {'':>8} {'':>9}  FAILED: {a['error']}")
             continue
         t, vs = a["test"].get(m, {}), a.get("vs_baseline") or {}
         diff = "baseline" if a["name"] == r["baseline"] else (f"{vs['diff']:+.4f}" if vs.get("diff") is not None else "")
         p = f"{vs['p_ttest']:.4f}" if vs.get("p_ttest") is not None else ""
-        print(f"{a['name']:<32} {t.get('mean', float('nan')):>11.4f} ± {t.get('std', 0):.4f} {diff:>12} {p:>8} "
-              f"{a['cost']['total_seconds']:>9.1f}  " + ", ".join(run["status"] for run in a["runs"]))
+        cold, tail = (f"{a['test'][k]['mean']:.4f}" if k in a["test"] else "" for k in (f"cold/{m}", f"tail/{m}"))
+        print(f"{a['name']:<32} {t.get('mean', float('nan')):>11.4f} ± {t.get('std', 0):.4f} {cold:>7} {tail:>7} "
+              f"{diff:>12} {p:>8} {a['cost']['total_seconds']:>9.1f}  " + ", ".join(run["status"] for run in a["runs"]))
     for line in r["verdict"]["lines"]:
         print(line.replace("**", ""))
     print(f"report     {r['report_dir']}/report.md")

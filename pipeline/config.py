@@ -56,6 +56,7 @@ class ItemsConfig(Section):
     format: TableFormat = "auto"
     encoding: str = "utf-8"
     id: str = "item_id"
+    duplicates: Literal["error", "first"] = "error"  # first: keep each id's first row, drop the later ones
     text: dict[str, str] = {}
     image: dict[str, str] = {}
     audio: dict[str, str] = {}
@@ -309,6 +310,9 @@ class EvalConfig(Section):
     mask_valid_in_test: bool = True  # False reproduces MMRec (valid items stay rankable at test time)
     skip_cold_users: bool = True  # users with no training pairs are not evaluated (as in MMRec)
     cold_slice: bool = True  # also report metrics on items never seen in training
+    long_tail_slice: bool = True  # also report test metrics on the long tail (tail/...): see long_tail_share
+    # the least popular trained items holding at most this share of the training interactions
+    long_tail_share: float = Field(0.2, gt=0, lt=1)
 
 
 class CompareConfig(Section):

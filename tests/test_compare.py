@@ -153,6 +153,56 @@ def test_significance_matches_scipy(grid):
     assert all(h2 >= h1 for (_, h1), (_, h2) in zip(family, family[1:]))
 
 
+def test_item_slices_per_arm(grid, capsys):
+    """Overall, warm, cold-start and long-tail R@20 / N@20 and coverage@20 per arm: in the JSON
+    (mean ± std of the seeds' results), in report.md's table, paired on the tail slice like the
+    cold one, and as cold and tail columns of the CLI summary."""
+    from safetensors.numpy import load_file
+
+    from pipeline.cli import _print_compare
+    from pipeline.compare.formats import mean_pm
+
+    _, report, out = grid
+    arms = _arms(report)
+    assert report["slice_metrics"] == ["recall@20", "ndcg@20"] and report["long_tail_share"] == 0.2
+    md = (out / "report.md").read_text(encoding="utf-8")
+    section = md.split("\n## Item slices\n")[1].split("\n## ")[0]
+    keys = [f"{p}{m}" for p in ("", "warm/", "cold/", "tail/") for m in ("recall@20", "ndcg@20")] + ["coverage@20"]
+    base_tail = np.mean([load_file(f"{r['run_dir']}/per_user.safetensors")["tail/recall@20"]
+                         for r in arms["frozen-fused"]["runs"]], axis=0)
+    for name, a in arms.items():
+        if a["status"] != "ok":
+            assert f"| {name} |" not in section
+            continue
+        results = [json.loads(open(f"{r['run_dir']}/result.json").read())["test"] for r in a["runs"]]
+        for key in keys:
+            seeds = [r[key] for r in results]
+            assert a["test"][key] == pytest.approx({"mean": np.mean(seeds), "std": np.std(seeds, ddof=1)}), key
+        assert 0 < a["test"]["coverage@20"]["mean"] <= 1
+        assert f"| {name} | " + " | ".join(mean_pm(a["test"][key]) for key in keys) + " |" in section
+        if name == "frozen-fused":
+            continue
+        ours = np.mean([load_file(f"{r['run_dir']}/per_user.safetensors")["tail/recall@20"] for r in a["runs"]], axis=0)
+        keep = ~np.isnan(ours) & ~np.isnan(base_tail)
+        tail = a["tail_vs_baseline"]
+        assert tail["n"] == int(keep.sum()) > 0
+        assert tail["diff"] == pytest.approx(float(np.mean(ours[keep] - base_tail[keep])), abs=1e-12)
+        if np.any(ours[keep] != base_tail[keep]):
+            assert tail["p_ttest"] == pytest.approx(stats.ttest_rel(ours[keep], base_tail[keep]).pvalue, rel=1e-9)
+    v = report["verdict"]
+    assert {v["cold"], v["tail"], v["coverage"]} <= set(arms)
+    assert v["tail"] == max((a["test"]["tail/recall@20"]["mean"], n) for n, a in arms.items() if a["status"] == "ok")[1]
+
+    _print_compare(report)
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["arm", "test", "recall@20", "cold", "tail"]
+    for name, a in arms.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        if a["status"] == "ok":
+            assert row.split()[4:6] == [f"{a['test'][f'{p}/recall@20']['mean']:.4f}" for p in ("cold", "tail")]
+
+
 def test_paired_test_edge_cases():
     from pipeline.compare.stats import holm, paired_test
 

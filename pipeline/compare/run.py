@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -31,8 +30,8 @@ from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ConfigError
 from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features
+from .per_user import PER_USER, per_user_metrics, save_per_user
 
-PER_USER = "per_user.safetensors"
 _STAMP_FORMAT = 1
 
 
@@ -91,36 +90,6 @@ def _can_resume(stamp: dict, run_dir: Path, cfg: Config, digest: str) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     return saved == json.loads(json.dumps(cfg.to_dict()))
-
-
-def per_user_metrics(run_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The test users' own metric values for a finished run's best weights (same evaluator as
-    training, so their means are the run's reported test metrics)."""
-    from ..train import load_run
-    from ..train.trainer import evaluators
-
-    cfg, data, model = load_run(run_dir)
-    _, test_eval = evaluators(cfg, data)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.use_history("test")
-    return test_eval.per_user(model.score, device=device, cold_slice=cfg.eval.cold_slice)
-
-
-def save_per_user(path: Path, users: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"users": users.astype(np.int64), **{k: v.astype(np.float64) for k, v in values.items()}}, str(tmp))
-    tmp.replace(path)
-
-
-def load_per_user(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
-    users = tensors.pop("users")
-    return users, tensors
 
 
 def _log(msg: str) -> None:

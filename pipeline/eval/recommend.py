@@ -10,7 +10,7 @@ import torch
 
 from ..data import PreparedData
 from ..errors import DataError
-from .evaluator import _UserItems
+from .evaluator import UserItems
 
 
 def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exclude_splits=("train", "valid"),
@@ -26,7 +26,7 @@ def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exc
                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
         users = np.array([known[u] for u in user_ids], dtype=np.int64)
     seen_u, seen_i = zip(*(data.pairs(s) for s in exclude_splits)) if exclude_splits else ((), ())
-    seen = _UserItems.build(np.concatenate(seen_u or [np.zeros(0, np.int64)]),
+    seen = UserItems.build(np.concatenate(seen_u or [np.zeros(0, np.int64)]),
                             np.concatenate(seen_i or [np.zeros(0, np.int64)]), data.n_users)
     item_ids = np.asarray(data.items["item_id"], dtype=object)
     user_names = np.asarray(data.users["user_id"], dtype=object)

@@ -45,7 +45,7 @@ def evaluators(cfg: Config, data: PreparedData) -> tuple[Evaluator, Evaluator]:
               skip_cold_users=cfg.eval.skip_cold_users)
     return (Evaluator(data.n_users, data.n_items, train, valid, **kw),
             Evaluator(data.n_users, data.n_items, train, test, also_mask=valid if cfg.eval.mask_valid_in_test else None,
-                      **kw))
+                      long_tail_share=cfg.eval.long_tail_share if cfg.eval.long_tail_slice else None, **kw))
 
 
 def _evaluate(model, evaluator: Evaluator, split: str, device, cold_slice: bool) -> dict[str, float]:
@@ -182,7 +182,9 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                         step=epoch)
         if main:
             run.save_checkpoint(core, optimizer, state, scheduler)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{state['best_score']:.4f}"})
+        # no metric before the first evaluation: -1 would read as a score
+        bar.set_postfix(loss=f"{record['loss']:.4f}",
+                        **({metric: f"{state['best_score']:.4f}"} if state["best_epoch"] >= 0 else {}))
         bar.update(1)
     bar.close()
     for tracker in accelerator.trackers:  # not end_training(): that also ends the process group, and
