@@ -175,7 +175,7 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torc
                 _, pid, slot = k.split(".", 2)
                 state.setdefault(int(pid), {})[slot] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        if scheduler is not None and meta["scheduler"] is not None:
+        if scheduler is not None and meta.get("scheduler") is not None:
             scheduler.load_state_dict(meta["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])
     except (RuntimeError, ValueError, KeyError) as e:
