@@ -6,9 +6,11 @@ import torch
 
 from pipeline.errors import ConfigError
 
+from .backend import Backend, WeightsLocation, flag_checkpointing
 from .base import Encoder, jsonable
+from .checkpoints import check_pickled_weights
 from .processing import PadCollate, TorchvisionImage
-from .registry import Options, register
+from .registry import Options, register_backend
 from .weights import file_identity, loading, local_path, looks_local, random_identity, sha256_tree, \
     state_dict_sha256
 
@@ -40,7 +42,6 @@ def _hub_weights_identity(model: torch.nn.Module) -> dict:
     return {"hub": hub_id or cfg.get("url"), "tensors_sha256": state_dict_sha256(model)}
 
 
-@register("timm")
 def create_timm(name: str, *, modality=None, offline=False, random_init=False, **options) -> TimmEncoder:
     import timm
     from timm.data import create_transform, resolve_model_data_config
@@ -55,6 +56,7 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
     local = looks_local(name) and not name.startswith("hf-hub:")
     if local:
         path = local_path(name, "timm")
+        check_pickled_weights(path, "timm")
         timm_name, model_id = f"local-dir:{path}", "local"
     else:
         timm_name = model_id = name
@@ -96,3 +98,26 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
     }
     return TimmEncoder(model, modality="image", dim=dim, preprocessor=TorchvisionImage(transform),
                        collator=PadCollate(), identity=identity, layer=layer, normalize=normalize, source=name)
+
+
+@register_backend
+class TimmBackend(Backend):
+    prefix = "timm"
+    libraries = {"timm": "timm"}
+
+    def create(self, name: str, **kwargs) -> TimmEncoder:
+        return create_timm(name, **kwargs)
+
+    def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        if looks_local(name) and not name.startswith("hf-hub:"):
+            return WeightsLocation(paths=(local_path(name, "timm"),))
+        if random_init and not name.startswith("hf-hub:"):
+            return WeightsLocation(builtin=(name,))  # built from timm's own code
+        return None
+
+    def enable_gradient_checkpointing(self, encoder: TimmEncoder) -> bool:
+        try:
+            encoder.model.set_grad_checkpointing(True)
+            return True
+        except (AttributeError, AssertionError, NotImplementedError):  # models without timm's switch
+            return flag_checkpointing(encoder.model)

@@ -86,10 +86,14 @@ def _print_extract(r: dict[str, Any]) -> None:
         name = f"{f['encoder']}:{f['field']}"
         print(f"{name:<28} {f['dim']:>5} {f['items']:>7,} {f['computed']:>9,} {f['reused']:>7,} {f['failed']:>7,} "
               f"{f['seconds']:>8.2f} {f['items_per_second']:>8.1f}")
-        for fail in f["failures"][:10]:
+        failed = [x for x in f["failures"] if x["kind"] == "failed"]  # missing files: one line, prepare told
+        for fail in failed[:10]:
             print(f"    skipped {fail['item_id']}: {fail['reason']}")
-        if len(f["failures"]) > 10:
-            print(f"    ... and {len(f['failures']) - 10} more (see --json)")
+        if len(failed) > 10:
+            print(f"    ... and {len(failed) - 10} more (see --json)")
+        if f["missing"]:
+            print(f"    {f['missing']:,} files do not exist (masked), e.g. "
+                  + next(x["value"] for x in f["failures"] if x["kind"] == "missing"))
     print(f"store      {r['store']}")
 
 
@@ -107,7 +111,7 @@ def _cmd_extract(args: argparse.Namespace, overrides: list[str]) -> None:
         from .data import PreparedData
 
         prepared = PreparedData.load(cfg.prepared_dir)
-    results = extract(cfg, prepared, accelerator)
+    results = extract(cfg, prepared, accelerator, only=args.encoder)
     if accelerator.is_main_process:
         out = {"store": str(cfg.features_dir), "feature_sets": [r.to_dict() for r in results]}
         _emit(out, args.json, _print_extract)
@@ -211,7 +215,7 @@ def _store(args):
     if args.config:
         from .config import load_config
 
-        return FeatureStore(load_config(args.config).features_dir)
+        return FeatureStore.from_config(load_config(args.config))
     return FeatureStore(Path(args.root) if args.root else None)
 
 
@@ -235,20 +239,15 @@ def _cmd_store_info(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _cmd_store_gc(args: argparse.Namespace, overrides: list[str]) -> None:
-    store = _store(args)
-    keep = None
-    if args.prune_unlinked:
-        links = store.root / "links"
-        keep = [json.loads(p.read_text(encoding="utf-8"))["fingerprint"] for p in links.rglob("*.json")] if links.is_dir() else []
-    report = store.gc(keep=keep, dry_run=args.dry_run, views=args.views)
+    report = _store(args).gc(prune_unlinked=args.prune_unlinked, dry_run=args.dry_run, views=args.views)
     verb = "would remove" if args.dry_run else "removed"
 
     def human(r):
         for kind, paths in r.items():
             if paths and kind != "keep_unmatched":
-                print(f"{verb} {len(paths)} {kind}: " + ", ".join(p.rsplit('/', 1)[-1] for p in paths[:8])
-                      + (" ..." if len(paths) > 8 else ""))
-        if not any(v for k, v in r.items() if k != "keep_unmatched"):
+                print(f"{'kept (being written)' if kind == 'in_use' else verb} {len(paths)} {kind}: "
+                      + ", ".join(p.rsplit('/', 1)[-1] for p in paths[:8]) + (" ..." if len(paths) > 8 else ""))
+        if not any(v for k, v in r.items() if k not in ("keep_unmatched", "in_use")):
             print("nothing to remove")
 
     _emit(report, args.json, human)
@@ -331,9 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     _command(data_cmds, "stats", _cmd_data_stats, "statistics of a prepared data set",
              positional=("path", "prepared data set directory"))
 
-    _command(commands, "extract", _cmd_extract, "encode item content with the configured encoders into the feature store",
-             description="Computes only what the store lacks. Runs under `accelerate launch` to shard items "
-                         "across processes/GPUs. " + OVERRIDES)
+    ex = _command(commands, "extract", _cmd_extract,
+                  "encode item content with the configured encoders into the feature store",
+                  description="Computes only what the store lacks. Runs under `accelerate launch` to shard items "
+                              "across processes/GPUs. " + OVERRIDES)
+    ex.add_argument("--encoder", action="append", metavar="NAME",
+                    help="only this encoder of the config's `encoders` (repeat for several; default: all)")
 
     st = commands.add_parser("store", help="inspect and clean the feature store")
     st_cmds = st.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
@@ -347,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
             sp.add_argument("--views", action="store_true", help="also remove all read views (rebuilt on use)")
             sp.add_argument("--prune-unlinked", action="store_true",
-                            help="also remove feature sets no `modalrec extract` link points at")
+                            help="also remove feature sets no link points at (links are left by `modalrec extract`, "
+                                 "MMRec imports and fine-tuning runs); sets being written are kept")
         where = sp.add_mutually_exclusive_group()
         where.add_argument("--root", help="store directory (default: ./cache/features)")
         where.add_argument("--config", help="take the store directory from this config's cache_dir")

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, \
+    model_validator
 
 from .atomic import write_text_atomic
 from .errors import ConfigError
+from .policy import Policy
 
 
 class Section(BaseModel):
@@ -182,9 +184,23 @@ class LiveEncoderConfig(Section):
     """One encoder trained end to end inside the item tower (a key of `encoders`)."""
 
     field: str | None = None  # which of the encoder's fields (default: its only one)
-    policy: str = "full"  # frozen | full | top-k:N | bias | lora[:rank]
+    policy: Policy = Policy("full")  # frozen | full | top-k:N | cached-top-k:N | bias | lora[:rank]
     cached: bool = False  # top-k only: cache the hidden states below the trained blocks, train from them
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+
+    @model_validator(mode="after")
+    def _one_cache_flag(self) -> "LiveEncoderConfig":
+        """``policy: cached-top-k:N`` and ``{policy: top-k:N, cached: true}`` are one setting: afterwards
+        ``policy.cached`` and ``cached`` agree."""
+        if self.cached and self.policy.kind != "top-k":
+            raise ValueError(f"cached needs policy top-k:N (got {str(self.policy)!r})")
+        if self.cached != self.policy.cached:
+            self.policy, self.cached = self.policy.with_cache(), True
+        return self
+
+    @field_serializer("policy")
+    def _policy_spelling(self, policy: Policy) -> str:
+        return str(policy.uncached())  # `cached` carries the rest: saved configs read as before
 
 
 class TowerConfig(Section):
@@ -329,15 +345,22 @@ class CompareConfig(Section):
     metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
     features: list[str] | None = None  # feature sets compared frozen; default all of `features`
     finetune: list[str] | None = None  # encoders fine-tuned; default those the compared features read
-    policies: list[str] = ["full", "top-k:2", "cached-top-k:2", "lora:8"]  # also bias, frozen, top-k:N, lora:R
+    # fine-tuning policies compared (frozen, full, bias, top-k:N, cached-top-k:N, lora, lora:R)
+    policies: list[Policy] = [Policy.parse(p) for p in ("full", "top-k:2", "cached-top-k:2", "lora:8")]
     id_only: bool = True  # the ID-only arm
     ablation: bool = True  # a frozen arm per feature set (image only, text only, ...) besides the fused one
-    finetuned_features: bool | list[str] = True  # ftfeat arms: true (every policy), false, or some policies
+    finetuned_features: bool | list[Policy] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
     common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
     skip: list[str] = []  # arm names left out
     html: bool = False  # also write report.html
+
+
+class StoreConfig(Section):
+    # views of a store this user cannot write to; must be this user's own (created 0700).
+    # Default $MODALREC_VIEW_DIR; with neither, such reads gather rows into memory.
+    view_dir: Path | None = None
 
 
 class Config(Section):
@@ -350,6 +373,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig = CompareConfig()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
@@ -363,8 +387,6 @@ class Config(Section):
             for name, live in self.model.item_tower.live.items():
                 where = f"model.item_tower.live.{name}"
                 self._encoder_field(where, f"{where}.field", name, live.field)
-                if live.cached and not live.policy.startswith("top-k:"):
-                    raise ValueError(f"{where}.cached needs policy top-k:N (got {live.policy!r})")
         metric = self.train.valid_metric
         name, _, k = metric.partition("@")
         if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:
@@ -398,7 +420,7 @@ class Config(Section):
 
 
 # Keys whose values are filesystem paths resolved against the config file (or cwd for overrides).
-_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir")
+_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir", "store.view_dir")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -9,6 +9,7 @@ writer is gone) from one still being written.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -17,12 +18,13 @@ import time
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a store we may only read raises
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 
 def temp_path(directory: Path, label: str) -> Path:
     """``<directory>/.tmp-<pid>-<random>-<host>-<label>``: unique across processes and machines."""
-    return Path(directory) / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}-{label}"
+    return Path(directory) / f"{TMP_PREFIX}{process_tag()}-{label}"
 
 
 def is_temp(name: str) -> bool:
@@ -33,12 +35,26 @@ def temp_is_abandoned(path: Path, max_age: float) -> bool:
     """True when a temporary file's writer is certainly gone: a dead pid on this host, or (for
     another host, whose pids we cannot check) no change for ``max_age`` seconds."""
     parts = path.name[len(TMP_PREFIX):].split("-", 3)
+    if len(parts) == 4 and parts[0].isdigit():
+        return writer_is_gone(path, int(parts[0]), parts[2], max_age)
+    return writer_is_gone(path, None, None, max_age)
+
+
+def process_tag() -> str:
+    """``<pid>-<random>-<host>``: names a file after the process that keeps it (see ``writer_is_gone``)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
+
+
+def writer_is_gone(path: Path, pid: int | None, host: str | None, max_age: float) -> bool:
+    """Whether the process a file was named after is gone: on this host, its pid is dead; for
+    another host (whose pids we cannot check), the file has not changed for ``max_age`` seconds.
+    A file that no longer exists was not abandoned: someone else cleaned it up."""
     try:
         age = time.time() - path.lstat().st_mtime
     except FileNotFoundError:
         return False
-    if len(parts) == 4 and parts[0].isdigit() and parts[2] == _HOST:
-        return not _pid_alive(int(parts[0]))
+    if pid is not None and host == _HOST:
+        return not _pid_alive(pid)
     return age > max_age
 
 
@@ -98,12 +114,17 @@ def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bo
         tmp.unlink(missing_ok=True)
 
 
+def rename_away(path: Path) -> Path:
+    """Rename a directory to a temporary name (which ``gc`` finishes deleting if we are killed)."""
+    path = Path(path)
+    trash = temp_path(path.parent, path.name + ".trash")
+    os.rename(path, trash)
+    return trash
+
+
 def remove_tree(path: Path) -> None:
     """Delete a directory so it vanishes at once: rename it to a temporary name first, so a
     deletion killed half way leaves a temporary that ``gc`` finishes, never a half set."""
     import shutil
 
-    path = Path(path)
-    trash = temp_path(path.parent, path.name + ".trash")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(rename_away(path), ignore_errors=True)
