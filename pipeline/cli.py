@@ -160,7 +160,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         from .data import PreparedData
 
         data = PreparedData.load(cfg.prepared_dir)
-    result = run_training(cfg, data, resume=args.resume, accelerator=accelerator)
+    result = run_training(cfg, data, resume=args.resume, accelerator=accelerator, overwrite=args.overwrite)
     if accelerator.is_main_process:
         if args.json:
             result = {k: v for k, v in result.items() if k != "history"}
@@ -361,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "train the configured recommender; early-stops on validation, reports test at the best epoch",
                  description="The model is model.name; item features come from the `features` section. Runs "
                              "under `accelerate launch` for several GPUs. " + OVERRIDES)
-    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="replace a same-named run of another config")
 
     tu = _command(commands, "tune", _cmd_tune, "grid or random hyper-parameter search, selected on validation only",
                   description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.")

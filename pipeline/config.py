@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, \
     field_validator, model_validator
 
+from .atomic import write_text_atomic
 from .errors import ConfigError
 from .policy import Policy
 from .section import Section, validate_section, validation_errors
@@ -297,7 +298,7 @@ class TrainConfig(Section):
     encode_batch_size: int = Field(256, gt=0)  # live encoders: items per forward when encoding the catalog
     keep_freed_memory: bool = True  # on CPU, freed memory stays in the process between steps (pipeline/train/cpu_memory.py)
     runs_dir: Path | None = None  # default: <cache_dir>/runs
-    run_name: str | None = None  # default: <data>-<model>-s<seed>
+    run_name: str | None = None  # default: <data>-<model>-<hash of the result-affecting keys>-s<seed>
     tensorboard: bool = True
     progress: bool = True
 
@@ -309,7 +310,7 @@ def _registered_metric(name: str) -> str:
 
 
 class EvalConfig(Section):
-    ks: list[int] = [10, 20, 50]
+    ks: list[Annotated[int, Field(gt=0)]] = Field([10, 20, 50], min_length=1)
     metrics: list[Annotated[str, AfterValidator(_registered_metric)]] = ["recall", "ndcg", "precision", "map",
                                                                           "hit", "mrr"]
     batch_users: int = Field(4096, gt=0)
@@ -596,4 +597,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

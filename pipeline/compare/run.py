@@ -81,7 +81,9 @@ def _finished(stamp: dict, run_dir: Path, digest: str) -> bool:
 
 def _can_resume(stamp: dict, run_dir: Path, cfg: Config, digest: str) -> bool:
     """A run killed part-way: its checkpoint continues it when it was started for this same hash."""
-    if stamp.get("hash") != digest or not (run_dir / "checkpoint" / "state.json").is_file():
+    from ..train.run import Run
+
+    if stamp.get("hash") != digest or not Run(run_dir).has_checkpoint():
         return False
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -133,7 +135,7 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     from accelerate import Accelerator, PartialState
 
     from ..train import run_training
-    from ..train.trainer import run_dir_for
+    from ..train.run import run_dir_for
     from .costs import extraction_costs
     from .report import write_report
 
@@ -205,7 +207,8 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
                             "run_dir": str(run_dir), "state": "started", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                     if main:
                         _write_json(stamp_path, body)
-                    run_training(acfg, data, resume=resume)
+                    # the stamp, not the run directory, says whether an earlier run of this arm still counts
+                    run_training(acfg, data, resume=resume, overwrite=True)
                     if main:
                         users, values = per_user_metrics(run_dir)
                         save_per_user(run_dir / PER_USER, users, values)

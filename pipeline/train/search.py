@@ -16,6 +16,7 @@ import yaml
 
 from ..config import load_config
 from ..errors import ConfigError
+from .run import config_digest
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -48,7 +49,10 @@ def search(config: str | Path, overrides: list[str], grid: dict[str, list[str]],
     metric = base.train.valid_metric
     results = []
     for i, trial in enumerate(trials(grid, n_random, base.train.seed)):
-        cfg = load_config(config, [*overrides, *trial, f"train.run_name=tune-{base.data.name}-{i:03d}"])
+        cfg = load_config(config, [*overrides, *trial])
+        # the config's hash in the name: a later search with another grid never meets this trial's run
+        name = f"tune-{base.data.name}-{i:03d}-{config_digest(cfg)[:8]}"
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
         r = train_fn(cfg, data_fn(cfg))
         valid = r["valid"][metric]["mean"] if "runs" in r else r["valid"][metric]
         test = r["test"][metric]["mean"] if "runs" in r else r["test"][metric]
