@@ -126,10 +126,11 @@ def extract(config: ConfigLike, overrides: list[str] | None = None, accelerator=
 
 
 @_group_ends_at_exit
-def train(config: ConfigLike, overrides: list[str] | None = None, accelerator=None,
-          resume: bool = False) -> dict[str, Any]:
+def train(config: ConfigLike, overrides: list[str] | None = None, accelerator=None, resume: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train the configured recommender (once per seed of ``train.seeds``); the result dict of
-    ``modalrec train --json`` plus the per-epoch ``history``."""
+    ``modalrec train --json`` plus the per-epoch ``history``. ``resume``: continue the run from its
+    last checkpoint; ``overwrite``: replace a same-named run of another config."""
     from accelerate import Accelerator
 
     from .train import run_training
@@ -142,7 +143,8 @@ def train(config: ConfigLike, overrides: list[str] | None = None, accelerator=No
         raise ModalrecError(f"{where}: no `model` section; pick one with model.name=... ({', '.join(MODELS)})")
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
                                              gradient_accumulation_steps=cfg.train.grad_accum)
-    return run_training(cfg, prepared_on_main(cfg, accelerator), resume=resume, accelerator=accelerator)
+    return run_training(cfg, prepared_on_main(cfg, accelerator), resume=resume, accelerator=accelerator,
+                        overwrite=overwrite)
 
 
 def _device(accelerator):

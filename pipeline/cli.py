@@ -60,7 +60,7 @@ def _cmd_extract(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
-    result = api.train(args.config, overrides, resume=args.resume)
+    result = api.train(args.config, overrides, resume=args.resume, overwrite=args.overwrite)
     if _is_main_process():
         if args.json:
             result = {k: v for k, v in result.items() if k != "history"}
@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "train the configured recommender; early-stops on validation, reports test at the best epoch",
                  description="The model is model.name; item features come from the `features` section. Runs "
                              "under `accelerate launch` for several GPUs. " + OVERRIDES)
-    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="replace a same-named run of another config")
 
     tu = _command(commands, "tune", _cmd_tune, "grid or random hyper-parameter search, selected on validation only",
                   description="Each --grid key=v1,v2 adds a dimension; every trial is a normal training run.")

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import write_json_atomic
 from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ConfigError
-from ..store.files import write_file_atomic
 from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features
 from .per_user import PER_USER, per_user_metrics, save_per_user
 
@@ -60,10 +60,6 @@ def config_hash(cfg: Config, data: PreparedData, depends: str = "") -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def _write_json(path: Path, body: Any) -> None:
-    write_file_atomic(path, json.dumps(body, indent=1).encode("utf-8"))
-
-
 def _stamp(path: Path) -> dict:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -79,7 +75,9 @@ def _finished(stamp: dict, run_dir: Path, digest: str) -> bool:
 
 def _can_resume(stamp: dict, run_dir: Path, cfg: Config, digest: str) -> bool:
     """A run killed part-way: its checkpoint continues it when it was started for this same hash."""
-    if stamp.get("hash") != digest or not (run_dir / "checkpoint" / "state.json").is_file():
+    from ..train.run import Run
+
+    if stamp.get("hash") != digest or not Run(run_dir).has_checkpoint():
         return False
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -173,7 +171,7 @@ def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
     from accelerate import Accelerator, PartialState
 
     from ..train import run_training
-    from ..train.trainer import run_dir_for
+    from ..train.run import run_dir_for
     from .costs import extraction_costs
     from .report import write_report
 
@@ -224,12 +222,13 @@ def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
                     body = {"format": _STAMP_FORMAT, "hash": digest, "arm": arm.name, "seed": seed,
                             "run_dir": str(run_dir), "state": "started", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                     if main:
-                        _write_json(stamp_path, body)
-                    run_training(acfg, data, resume=resume, accelerator=accelerator)
+                        write_json_atomic(stamp_path, body)
+                    # the stamp, not the run directory, says whether an earlier run of this arm still counts
+                    run_training(acfg, data, resume=resume, accelerator=accelerator, overwrite=True)
                     if main:
                         users, values = per_user_metrics(run_dir)
                         save_per_user(run_dir / PER_USER, users, values)
-                        _write_json(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                        write_json_atomic(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                     record["status"] = "trained"
                 record["seconds"] = time.perf_counter() - started
                 if main:

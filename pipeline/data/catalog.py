@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import ItemsConfig
+from ..data_config import ItemsConfig
 from ..errors import DataError
 from .tables import as_strings, read_table, require_columns, require_values
 

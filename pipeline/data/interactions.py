@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import FilterConfig, InteractionsConfig
+from ..data_config import FilterConfig, InteractionsConfig
 from ..errors import DataError
 from .mmrec import mmrec_columns
 from .tables import read_table, require_columns, require_values, to_numbers

@@ -39,7 +39,7 @@ from ..registry import Registry
 from ..section import Section
 
 if TYPE_CHECKING:
-    from ..config import SplitConfig
+    from ..data_config import SplitConfig
     from .interactions import Pairs
 
 TRAIN, VALID, TEST = 0, 1, 2

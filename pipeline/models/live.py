@@ -112,6 +112,12 @@ class LiveEncoders(ItemTower):
         self._catalog = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def param_groups(self, train) -> list[dict]:
+        """The encoders train at ``train.encoder_lr`` / ``train.encoder_weight_decay`` (default: the
+        recommender's); fusion and fill parameters keep the defaults."""
+        decay = train.weight_decay if train.encoder_weight_decay is None else train.encoder_weight_decay
+        return [{"params": list(self.encoders.parameters()), "lr": train.encoder_lr or train.lr, "weight_decay": decay}]
+
     # ------------------------------------------------------------------ encoding
 
     def encode(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

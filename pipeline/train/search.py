@@ -18,6 +18,7 @@ import yaml
 
 from ..config import Config, load_config
 from ..errors import ConfigError
+from .run import config_digest
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -58,7 +59,10 @@ def plan_trials(config: str | Path | Config, overrides: list[str], grid: dict[st
     base = load_config(config, overrides)
     out = []
     for i, trial in enumerate(trials(grid, n_random, base.train.seed)):
-        cfg = load_config(config, [*overrides, *trial, f"train.run_name=tune-{base.data.name}-{i:03d}"])
+        cfg = load_config(config, [*overrides, *trial])
+        # the config's hash in the name: a later search with another grid never meets this trial's run
+        name = f"tune-{base.data.name}-{i:03d}-{config_digest(cfg)[:8]}"
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
         out.append(Trial(i, trial, cfg))
     return base.train.valid_metric, out
 
