@@ -163,7 +163,9 @@ def finetuned_source(weights_sha256: str, encoder: str) -> str:
 
 
 def _weights_sha256(run_dir: Path) -> str:
-    return hashlib.sha256((Path(run_dir) / "best.safetensors").read_bytes()).hexdigest()
+    from .train.run import Run
+
+    return hashlib.sha256(Run(run_dir).best_path.read_bytes()).hexdigest()
 
 
 def _keys(cfg: Config, data: PreparedData, name: str, field: str) -> tuple[list, str]:

@@ -11,7 +11,7 @@ two-tower recommender on the demo data; minutes on a CPU) on whatever hardware i
 The other encoders are configs, not scripts: e2e_timm_demo.yaml, e2e_audio_demo.yaml. Extra
 arguments are config overrides; ``--json`` prints the result of ``modalrec train --json``
 (with ``trainable_params``, ``peak_memory_mb`` and ``samples_per_second``); ``--resume``
-continues an interrupted run.
+continues an interrupted run, ``--overwrite`` replaces a same-named run of another config.
 """
 
 import argparse
@@ -22,11 +22,11 @@ from pathlib import Path
 DEMO = Path(__file__).resolve().parent / "configs" / "e2e_clip_demo.yaml"
 
 
-def training_function(config: str, overrides: list[str], resume: bool = False) -> dict:
+def training_function(config: str, overrides: list[str], resume: bool = False, overwrite: bool = False) -> dict:
     """Train the configured end-to-end model; the result of ``modalrec train`` on every process."""
     from pipeline import api
 
-    return api.train(config, overrides, resume=resume)
+    return api.train(config, overrides, resume=resume, overwrite=overwrite)
 
 
 def main() -> int:
@@ -38,10 +38,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DEMO), help="a config with model.item_tower.live (default: the demo)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="replace a same-named run of another config")
     args, overrides = parser.parse_known_args()
     try:
-        result = training_function(args.config, overrides, resume=args.resume)
+        result = training_function(args.config, overrides, resume=args.resume, overwrite=args.overwrite)
     except ModalrecError as e:
         print(f"e2e_clip: error: {e}", file=sys.stderr)
         return 2
