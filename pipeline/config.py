@@ -438,11 +438,14 @@ def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merge(_read_tree(parent_path, (*seen, path.resolve())), tree)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | Config, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (and the file it ``extends``), apply ``key=value`` overrides, validate,
-    resolve paths."""
-    path = Path(path)
-    tree = _read_tree(path)
+    resolve paths. A ``Config`` given instead of a file is the base the overrides apply to."""
+    if isinstance(path, Config):
+        tree, path = path.to_dict(), Path("<config>")
+    else:
+        path = Path(path)
+        tree = _read_tree(path)
 
     for key, raw in parse_overrides(list(overrides or [])):
         try:

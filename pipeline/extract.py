@@ -7,7 +7,7 @@ world-th missing item) and every rank writes its own shards into the same featur
 
 A warm re-run does not build the encoders at all: the link a run leaves per (encoder, field)
 (``FeatureStore.write_link``) records the encoder config and a cheap stamp of the weights' files
-(:func:`weights_stamp`). When both still match and the store holds every current content key,
+(:func:`pipeline.content.weights_stamp`). When both still match and the store holds every current content key,
 the feature set is reported as reused without loading a model. Content keys of media files are
 remembered by file stat in the store's content-key cache (:class:`ContentKeys`), so that check
 reads no item file either; a file whose stat changed is hashed again. Before anything stored is
@@ -23,8 +23,6 @@ are told apart from inputs that failed to decode.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,15 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import Config, EncoderConfig
+from .content import (ItemSamples, SampleBatches, build_encoder, content_keys, encoder_modality, field_values,
+                      input_error, weights_hashes, weights_stamp)
 from .data import PreparedData
-from .errors import ConfigError, DataError, ModalrecError
-from .features import content_keys
-
-_STAMP_FORMAT = 2  # 2: weights files enter by content (sha256 per file version)
+from .errors import ConfigError, DataError
 
 
 @dataclass
@@ -76,51 +73,6 @@ class ExtractResult:
             "items_per_second": round(self.items_per_second, 1), "encoder_built": self.encoder_built,
             "failures": self.failures,
         }
-
-
-# ---------------------------------------------------------------- weights stamp
-
-
-def weights_hashes(cfg: Config):
-    """The store's record of weights-file hashes by file version (``encoders.HashRecord``)."""
-    from encoders.file_hashes import HashRecord
-
-    return HashRecord(cfg.features_dir / "weights-sha256.json")
-
-
-def weights_stamp(ec: EncoderConfig, hashes=None) -> str | None:
-    """A cheap stand-in for the encoder's fingerprint, taken without loading any model.
-
-    The encoder's backend says where the spec's weights live (``Backend.weights``): local files
-    and folders enter by content (sha256 per file, hashed once per file version and kept in
-    ``hashes``, an ``encoders.HashRecord``) and by size and mtime; architectures a library builds
-    from its own code enter by name, with the backend's library versions. None when the backend
-    cannot locate the weights without loading them (hub weights, backends that do not say), and
-    extraction builds the encoder to learn its fingerprint.
-    """
-    from encoders import get_backend, parse_spec
-    from encoders.base import IDENTITY_FORMAT
-    from encoders.file_hashes import HashRecord
-
-    from .store import library_versions
-
-    hashes = hashes if hashes is not None else HashRecord(None)
-    try:
-        prefix, name = parse_spec(ec.spec)
-        backend = get_backend(prefix)
-        where = backend.weights(name, random_init=ec.random_init)
-    except ModalrecError:
-        return None
-    if where is None or not all(p.exists() for p in where.paths):
-        return None  # building the encoder gives the proper error for a missing path
-    try:
-        files = [hashes.describe(p) for p in where.paths]
-    except OSError:
-        return None
-    body = {"format": _STAMP_FORMAT, "identity_format": IDENTITY_FORMAT, "backend": backend.prefix,
-            "versions": library_versions(ec.spec), "spec": ec.spec, "random_init": ec.random_init,
-            "files": files, "architectures": list(where.builtin)}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------- planning
@@ -169,13 +121,6 @@ def _plan(fs, values: list, keys: list[str | None], on_error: str,
     return _Plan(todo, rows_of, reused, absent, failed, missing_files)
 
 
-def _values(prepared: PreparedData, field_name: str) -> list:
-    items = prepared.items
-    if getattr(items, "_indices", None) is not None:  # a selection of rows: go through datasets
-        return list(items[field_name])
-    return items.data.column(field_name).to_pylist()  # straight from the Arrow column: fast
-
-
 def _failure_records(failed: list[tuple[int, str]], item_ids: list, values: list,
                      missing: list[tuple[int, str]] = ()) -> list[dict[str, str]]:
     """One record per row without a vector because of its input: ``kind`` "failed" (it could
@@ -183,15 +128,6 @@ def _failure_records(failed: list[tuple[int, str]], item_ids: list, values: list
     rows = [(r, why, "failed") for r, why in failed] + [(r, why, "missing") for r, why in missing]
     return [{"item_id": item_ids[r], "row": r, "value": values[r], "reason": why, "kind": kind}
             for r, why, kind in sorted(rows)]
-
-
-def _input_error(name: str, field_name: str, row: int, reason: str, item_ids: list, values: list,
-                 modality: str, computed: int) -> DataError:
-    where = "" if modality == "text" or str(values[row]) in reason else f" (file {values[row]})"
-    return DataError(
-        f"encoders.{name}: item {item_ids[row]!r} (catalog row {row}), field {field_name!r}{where}: {reason}. "
-        f"Fix the input or set encoders.{name}.on_error=skip to mask it; "
-        f"{computed} items computed before it are kept in the store")
 
 
 def _record_failed(fs, keys: list, values: list, failed: list[tuple[int, str]]) -> None:
@@ -209,57 +145,11 @@ def _record_failed(fs, keys: list, values: list, failed: list[tuple[int, str]]) 
 # ---------------------------------------------------------------- computing
 
 
-class _Items(Dataset):
-    """Raw catalog values -> encoder inputs, in DataLoader workers.
-
-    Bad input does not kill the worker: it comes back as a failure record for the main
-    process to handle by the field's ``on_error`` policy.
-    """
-
-    def __init__(self, encoder, values: list[str], rows: list[int]):
-        self.preprocess = encoder.preprocess
-        self.values = values
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        from encoders import EncoderInputError
-
-        try:
-            return self.rows[i], self.preprocess(self.values[i]), None
-        except EncoderInputError as e:
-            return self.rows[i], None, str(e)
-
-
-class _Collate:
-    def __init__(self, encoder):
-        self.collate = encoder.collate
-
-    def __call__(self, samples):
-        ok = [(row, sample) for row, sample, err in samples if err is None]
-        failed = [(row, err) for row, _, err in samples if err is not None]
-        batch = self.collate([s for _, s in ok]) if ok else None
-        return [row for row, _ in ok], batch, failed
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _modality_of(prepared: PreparedData, name: str, ec: EncoderConfig) -> str:
-    modalities = {m for f in ec.fields for m, names in prepared.fields.items() if f in names}
-    unknown = [f for f in ec.fields if not any(f in names for names in prepared.fields.values())]
-    if unknown:
-        have = {m: names for m, names in prepared.fields.items() if names}
-        raise ConfigError(f"encoders.{name}.fields: {unknown[0]!r} is not a catalog field (fields: {have})")
-    if len(modalities) != 1:
-        raise ConfigError(f"encoders.{name}.fields mixes modalities {sorted(modalities)}; one encoder, one modality")
-    return modalities.pop()
 
 
 def _warm_up(preprocess, value) -> None:
@@ -283,10 +173,10 @@ def _encode(encoder, fs, values: list, keys: list, rows: list[int], rows_of: dic
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers tokenize one at a time
         _warm_up(encoder.preprocess, values[rows[0]])
     loader = DataLoader(
-        _Items(encoder, [values[i] for i in rows], rows),
+        ItemSamples(encoder, [values[i] for i in rows], rows),
         batch_size=cfg.extract.batch_size,
         num_workers=workers,
-        collate_fn=_Collate(encoder),
+        collate_fn=SampleBatches(encoder),
         pin_memory=device.type == "cuda",
     )
     pending_keys: list[str] = []
@@ -332,8 +222,8 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
     """Compute the missing rows of one feature set (this rank's share); every rank returns the
     merged counts of all ranks."""
     started = time.perf_counter()
-    values = _values(prepared, field_name)
-    item_ids = _values(prepared, "item_id")
+    values = field_values(prepared, field_name)
+    item_ids = field_values(prepared, "item_id")
     keys = content_keys(values, encoder.modality) if keys is None else keys
     fs = store.open_set(encoder.fingerprint, field_name, dim=encoder.dim, dtype=cfg.extract.storage_dtype,
                         spec=ec.spec, identity=encoder.identity())
@@ -348,7 +238,7 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
                            missing=len(plan.missing), set_name=fs.name)
     if (plan.failed or plan.missing) and ec.on_error == "error":  # the same on every rank: all stop first
         row, reason = min(plan.failed + plan.missing)
-        raise _input_error(name, field_name, row, reason, item_ids, values, encoder.modality, 0)
+        raise input_error(name, field_name, row, reason, item_ids, values, encoder.modality, 0)
 
     mine = plan.todo[accelerator.process_index :: accelerator.num_processes]
     computed, failures = 0, []
@@ -365,7 +255,7 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
     result = _merge_ranks(result, accelerator)
     if result.failed and ec.on_error == "error":
         first = next(f for f in result.failures if f["kind"] == "failed")
-        raise _input_error(name, field_name, first["row"], first["reason"], item_ids, values, encoder.modality,
+        raise input_error(name, field_name, first["row"], first["reason"], item_ids, values, encoder.modality,
                            result.computed)
     return result
 
@@ -404,8 +294,6 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None,
     returns one result per feature set."""
     from accelerate import Accelerator
 
-    import encoders
-
     from .store import FeatureStore
 
     if not cfg.encoders:
@@ -420,15 +308,15 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None,
     store = FeatureStore.from_config(cfg)
     key_cache = store.content_keys(cfg.data.name)
     hashes = weights_hashes(cfg)
-    item_ids = _values(prepared, "item_id")
+    item_ids = field_values(prepared, "item_id")
     main = accelerator.is_main_process
     results = []
     for name, ec in chosen.items():
-        modality = _modality_of(prepared, name, ec)
+        modality = encoder_modality(prepared, name, ec)
         stamp = weights_stamp(ec, hashes)  # taken before the model loads: a later change is seen next run
         if accelerator.is_main_process:
             hashes.save()
-        values = {f: _values(prepared, f) for f in ec.fields}
+        values = {f: field_values(prepared, f) for f in ec.fields}
         keys = {f: key_cache.keys(values[f], modality) for f in ec.fields}
         if main:
             key_cache.save()
@@ -437,8 +325,7 @@ def extract(cfg: Config, prepared: PreparedData, accelerator=None,
         if _everywhere(all(r is not None for r in warm), accelerator):
             results.extend(warm)
             continue
-        encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
-                                  random_init=ec.random_init, **ec.options)
+        encoder = build_encoder(cfg, name, modality)
         for field_name in ec.fields:
             # leased from before the set exists until its link is written: gc keeps it meanwhile
             with store.lease(encoder.fingerprint, field_name, cfg.extract.storage_dtype, "extract"):

@@ -17,17 +17,9 @@ import numpy as np
 import torch
 
 from .config import Config
+from .content import catalog_keys, field_modality, field_values
 from .data import PreparedData
-from .errors import ConfigError, DataError
-
-
-def content_keys(values: list[str | None], modality: str) -> list[str | None]:
-    """The store keys of catalog values: hashes of the text, or of the media file's bytes."""
-    from .store import content_key_file, content_key_text
-
-    if modality == "text":
-        return [None if v is None else content_key_text(v) for v in values]
-    return [None if v is None else content_key_file(v) for v in values]
+from .errors import DataError
 
 
 def link_path(cfg: Config, encoder: str, field: str) -> Path:
@@ -35,13 +27,6 @@ def link_path(cfg: Config, encoder: str, field: str) -> Path:
     from .store import FeatureStore
 
     return FeatureStore.from_config(cfg).link_path(cfg.data.name, f"{encoder}.{field}")
-
-
-def _modality(data: PreparedData, field: str) -> str:
-    for modality, names in data.fields.items():
-        if field in names:
-            return modality
-    raise ConfigError(f"{field!r} is not a field of the catalog {data.fields}")
 
 
 def _resolve(cfg: Config, data: PreparedData, name: str, store):
@@ -72,7 +57,7 @@ def _resolve(cfg: Config, data: PreparedData, name: str, store):
         raise DataError(f"features.{name}: feature set {record['fingerprint'][:12]}/{field} is gone from "
                         f"{cfg.features_dir}; run `modalrec extract CONFIG` again")
     # file keys remembered by stat; an unreadable file is a mask
-    return fs, store.content_keys(cfg.data.name).keys(list(data.items[field]), _modality(data, field))
+    return fs, catalog_keys(cfg, field_values(data, field), field_modality(data, field))
 
 
 def load_features(cfg: Config, data: PreparedData, names: list[str] | None = None) -> dict:

@@ -17,66 +17,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import Config
+from .content import build_encoder, catalog_keys, encoder_modality, field_values, preprocess_items
 from .data import PreparedData
 from .errors import DataError
 
 
-def _keep(samples):
-    return samples
-
-
-def preprocess_items(encoder, values: list, name: str, field: str, item_ids: list, on_error: str,
-                     num_workers: int, progress: bool = True) -> list:
-    """Every item's preprocessed sample (None: no value, or unreadable with ``on_error: skip``)."""
-    from .extract import _input_error, _Items
-
-    rows = [i for i, v in enumerate(values) if v is not None]
-    out: list = [None] * len(values)
-    workers = num_workers if len(rows) > 64 else 0
-    if workers:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loader = DataLoader(_Items(encoder, [values[i] for i in rows], rows), batch_size=64, num_workers=workers,
-                        collate_fn=_keep)
-    done = 0
-    for batch in tqdm(loader, desc=f"preprocess {name}:{field}", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
-        for row, sample, err in batch:
-            if err is not None and on_error == "error":
-                raise _input_error(name, field, row, err, item_ids, values, encoder.modality, done)
-            out[row] = sample
-            done += 1
-    return out
-
-
 def load_live(cfg: Config, data: PreparedData, accelerator=None) -> dict:
     """``{encoder name: LiveSource}`` for ``model.item_tower.live`` (empty when there is none)."""
-    import encoders
-
-    from .extract import _modality_of, _values
     from .models.live import LiveSource
-    from .store import FeatureStore
 
     tower = cfg.model.item_tower if cfg.model is not None else None
     if tower is None or not tower.live:
         return {}
     if cfg.extract.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    item_ids = _values(data, "item_id")
+    item_ids = field_values(data, "item_id")
     out = {}
     for name, live in tower.live.items():
         ec = cfg.encoders[name]
         field = live.field or ec.fields[0]
-        modality = _modality_of(data, name, ec)
-        encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
-                                  random_init=ec.random_init, **ec.options)
-        values = _values(data, field)
+        modality = encoder_modality(data, name, ec)
+        encoder = build_encoder(cfg, name, modality)
+        values = field_values(data, field)
         inputs = preprocess_items(encoder, values, name, field, item_ids, ec.on_error, cfg.extract.num_workers,
                                   progress=cfg.train.progress)
-        keys = FeatureStore.from_config(cfg).content_keys(cfg.data.name).keys(values, modality)
+        keys = catalog_keys(cfg, values, modality)
         src = LiveSource(encoder, field, live.policy, inputs, keys, live.gradient_checkpointing, live.cached)
         if live.cached:
             src.hidden = cached_hidden(cfg, name, src, accelerator)
@@ -195,16 +163,15 @@ def finetuned_source(weights_sha256: str, encoder: str) -> str:
 
 
 def _weights_sha256(run_dir: Path) -> str:
-    return hashlib.sha256((Path(run_dir) / "best.safetensors").read_bytes()).hexdigest()
+    from .train.run import Run
+
+    return hashlib.sha256(Run(run_dir).best_path.read_bytes()).hexdigest()
 
 
 def _keys(cfg: Config, data: PreparedData, name: str, field: str) -> tuple[list, str]:
     """(content keys of the catalog's ``field``, its modality)."""
-    from .extract import _modality_of, _values
-    from .store import FeatureStore
-
-    modality = _modality_of(data, name, cfg.encoders[name])
-    return FeatureStore.from_config(cfg).content_keys(cfg.data.name).keys(_values(data, field), modality), modality
+    modality = encoder_modality(data, name, cfg.encoders[name])
+    return catalog_keys(cfg, field_values(data, field), modality), modality
 
 
 def finetuned_set(cfg: Config, data: PreparedData, feature: str, store):
@@ -228,4 +195,4 @@ def finetuned_set(cfg: Config, data: PreparedData, feature: str, store):
     if not any(link["field"] in names for names in data.fields.values()):
         raise DataError(f"features.{feature}: run {src.run} fine-tuned field {link['field']!r}, which the catalog "
                         f"of {cfg.data.name} does not have ({data.fields})")
-    return fs, store.content_keys(cfg.data.name).keys(list(data.items[link["field"]]), link["modality"])
+    return fs, catalog_keys(cfg, field_values(data, link["field"]), link["modality"])

@@ -26,8 +26,7 @@ def modalrec(*args):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """Run the grid once: (overrides, report, report_dir)."""
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
 
     tmp = tmp_path_factory.mktemp("compare")
     vit, bert = fx.build_timm_vit(tmp / "vit"), fx.build_hf_bert(tmp / "bert")
@@ -41,7 +40,7 @@ def grid(tmp_path_factory):
         "compare.finetuned_features=[top-k:1]", "compare.html=true",
         "compare.arms={bad-key: {model.two_tower.nope: 1}}",
     ]
-    report = run_compare(DEMO, overrides, _prepared_for)
+    report = run_compare(DEMO, overrides)
     return overrides, report, tmp / "compare" / "demo" / "report"
 
 
@@ -159,7 +158,7 @@ def test_item_slices_per_arm(grid, capsys):
     cold one, and as cold and tail columns of the CLI summary."""
     from safetensors.numpy import load_file
 
-    from pipeline.cli import _print_compare
+    from pipeline.summaries import print_compare as _print_compare
     from pipeline.compare.formats import mean_pm
 
     _, report, out = grid
@@ -224,8 +223,7 @@ def test_paired_test_edge_cases():
 
 def test_resume_skips_finished_arms(grid, monkeypatch):
     import pipeline.train as train_module
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
 
     overrides, first, _ = grid
     calls = []
@@ -236,7 +234,7 @@ def test_resume_skips_finished_arms(grid, monkeypatch):
         return real(cfg, data, resume=resume, **kw)
 
     monkeypatch.setattr(train_module, "run_training", spy)
-    again = run_compare(DEMO, overrides, _prepared_for)
+    again = run_compare(DEMO, overrides)
     # finished arms are reused; only the failed ones are tried again (and fail again)
     assert calls == [("finetuned-image-top9", 1, False)]
     assert all(r["status"] == "reused" for a in again["arms"] if a["status"] == "ok" for r in a["runs"])
@@ -251,7 +249,7 @@ def test_resume_skips_finished_arms(grid, monkeypatch):
     changed = stamps / "id-only-s1.json"
     changed.write_text(changed.read_text().replace('"hash": "', '"hash": "0'))
     calls.clear()
-    third = run_compare(DEMO, overrides, _prepared_for)
+    third = run_compare(DEMO, overrides)
     assert sorted(calls) == [("finetuned-image-top9", 1, False), ("frozen-text", 2, True), ("id-only", 1, False)]
     for a, b in zip(first["arms"], third["arms"]):
         if a["status"] == "ok":  # the same seed and config give the same numbers
@@ -275,8 +273,7 @@ def test_single_arms_reproduce_with_modalrec_train(grid):
 
 
 def test_cli_dry_run_and_config_errors(tmp_path):
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
     from pipeline.errors import ConfigError
 
     base = [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw"]
@@ -303,5 +300,5 @@ def test_cli_dry_run_and_config_errors(tmp_path):
                        ("compare.arms={frozen-text: {train.lr: 0.1}}", ("compare.arms", "frozen-text")),
                        ("compare.seedz=[1]", ("compare.seedz", "unknown key"))):
         with pytest.raises(ConfigError) as e:
-            run_compare(DEMO, [*base, bad], _prepared_for, dry_run=True)
+            run_compare(DEMO, [*base, bad], dry_run=True)
         assert all(w in str(e.value) for w in words), (bad, str(e.value))

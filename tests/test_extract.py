@@ -166,7 +166,7 @@ def stored(cfg_path: Path, encoder: str, field: str | None = None):
     """(vectors, present) of the feature set the link of ``encoder`` names, in catalog order."""
     from pipeline.config import load_config
     from pipeline.data import PreparedData
-    from pipeline.extract import _values
+    from pipeline.content import field_values as _values
     from pipeline.features import link_path
     from pipeline.store import ContentKeys, FeatureStore
 
@@ -332,7 +332,7 @@ def test_content_keys_remembered_by_stat(tmp_path, monkeypatch):
 
 def test_weights_stamp_kinds(tmp_path, models):
     from pipeline.config import EncoderConfig
-    from pipeline.extract import weights_stamp
+    from pipeline.content import weights_stamp
 
     def stamp(spec, **kw):
         return weights_stamp(EncoderConfig(spec=spec, fields=["x"], **kw))

@@ -2,7 +2,7 @@
 recommender and one budget, over several seeds, with a report (``report.md`` / ``.json`` / PNGs).
 
 - ``arms.py``        the grid: which overrides make each arm
-- ``run.py``         training every (arm, seed) resumably
+- ``run.py``         the plan (arms, shared config), then training every (arm, seed) resumably
 - ``per_user.py``    each test user's own metric values of a finished run, for the paired tests
 - ``stats.py``       paired t-test / Wilcoxon over users, Holm adjustment
 - ``costs.py``       extraction time per feature set
@@ -12,7 +12,8 @@ recommender and one budget, over several seeds, with a report (``report.md`` / `
 """
 
 from .arms import Arm, baseline_arm, build_arms
-from .run import compare_dir, run_compare
+from .run import ComparePlan, compare_dir, plan_compare, run_compare
 from .stats import paired_test
 
-__all__ = ["Arm", "baseline_arm", "build_arms", "compare_dir", "paired_test", "run_compare"]
+__all__ = ["Arm", "ComparePlan", "baseline_arm", "build_arms", "compare_dir", "paired_test", "plan_compare",
+           "run_compare"]

@@ -27,14 +27,11 @@ def _present(data: PreparedData, field: str) -> int:
 def _probe(cfg: Config, data: PreparedData, encoder: str, field: str) -> dict[str, Any]:
     """Items per second of the encoder on up to PROBE_ITEMS catalog items (preprocessing included),
     after one untimed batch that loads libraries and warms the kernels."""
-    import encoders
     from encoders import EncoderInputError
 
-    from ..extract import _modality_of
+    from ..content import build_encoder, encoder_modality
 
-    ec = cfg.encoders[encoder]
-    enc = encoders.create(ec.spec, modality=_modality_of(data, encoder, ec), offline=cfg.extract.offline or None,
-                          random_init=ec.random_init, **ec.options)
+    enc = build_encoder(cfg, encoder, encoder_modality(data, encoder, cfg.encoders[encoder]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     enc.to(device).eval()
     values = [v for v in data.items[field] if v is not None][: PROBE_ITEMS + cfg.extract.batch_size]

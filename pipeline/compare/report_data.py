@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
+from ..content import field_modality
 from ..data import PreparedData
+from ..errors import ConfigError
 from .arms import Arm, as_overrides
 from .formats import p_value
 from .per_user import load_per_user
@@ -29,10 +31,10 @@ def _modality(cfg: Config, data: PreparedData, feature: str) -> str:
         return "file"
     ec = cfg.encoders.get(src.encoder)
     field = src.field or (ec.fields[0] if ec else None)
-    for modality, names in data.fields.items():
-        if field in names:
-            return modality
-    return "?"
+    try:
+        return field_modality(data, field)
+    except ConfigError:  # a report still gets written; the arm's own run says what was wrong
+        return "?"
 
 
 def _curves(results: list[dict], valid_metric: str) -> dict[str, list]:

@@ -15,17 +15,17 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ..atomic import write_json_atomic
 from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ConfigError
@@ -58,12 +58,6 @@ def config_hash(cfg: Config, data: PreparedData, depends: str = "") -> str:
     inputs = {k: v.get("sha256") for k, v in data.meta.get("inputs", {}).items()}
     body = json.dumps({"config": tree, "inputs": inputs, "depends": depends}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-def _write_json(path: Path, body: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _stamp(path: Path) -> dict:
@@ -128,10 +122,52 @@ def _extract(cfg: Config, data: PreparedData, features: list[str], accelerator) 
         return results, errors
 
 
-def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Config], PreparedData],
-                report_dir: str | Path | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Run (or reuse) every arm of ``config``'s `compare` grid and write the report; returns the
-    report's JSON object (``dry_run``: only the arms and their overrides)."""
+@dataclass
+class ComparePlan:
+    """A comparison before anything runs: its config, the arms and what they share."""
+
+    config: str | Path | Config  # what each arm's config is loaded from, with the arm's overrides
+    overrides: list[str]
+    cfg: Config
+    shared: Config  # every arm's common part (recommender, compare.common): budget and evaluation
+    arms: list[Arm]
+    baseline: str
+    metric: str
+
+    @property
+    def root(self) -> Path:
+        return compare_dir(self.cfg)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.cfg.compare.seeds)
+
+    def arm_overrides(self, arm: Arm, seed: int) -> list[str]:
+        runs = self.root / "runs"
+        return [*self.overrides, *common_overrides(self.cfg, runs, arm.name), *arm.overrides,
+                *arm.seed_overrides(seed, lambda name, s: runs / f"{name}-s{s}")]
+
+    def listing(self) -> dict[str, Any]:
+        """The arms and the overrides of their first seed's run (what ``--dry-run`` prints)."""
+        return {"compare_dir": str(self.root), "baseline": self.baseline, "seeds": self.seeds, "metric": self.metric,
+                "arms": [{**a.to_dict(), "run_overrides": self.arm_overrides(a, self.seeds[0])} for a in self.arms]}
+
+
+def plan_compare(config: str | Path | Config, overrides: list[str] | None = None) -> ComparePlan:
+    """The arms of ``config``'s `compare` grid and their shared config (bad grids fail here)."""
+    overrides = list(overrides or [])
+    cfg = load_config(config, overrides)
+    arms = build_arms(cfg)
+    baseline = baseline_arm(cfg, arms)
+    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared")])
+    return ComparePlan(config, overrides, cfg, shared, arms, baseline, check_metric(shared))
+
+
+def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
+                report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or reuse) every arm of the plan on ``data`` (prepared for ``plan.shared``) and write
+    the report; returns the report's JSON object on the main process, ``{}`` on the others.
+    ``accelerator``: extraction's and every arm's (default: each makes its own)."""
     from accelerate import Accelerator, PartialState
 
     from ..train import run_training
@@ -139,33 +175,13 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
     from .costs import extraction_costs
     from .report import write_report
 
-    cfg = load_config(config, overrides)
-    arms = build_arms(cfg)
-    baseline = baseline_arm(cfg, arms)
-    root = compare_dir(cfg)
-    runs = root / "runs"
-    # what every arm shares (recommender, compare.common): the budget and evaluation the report states
-    shared = load_config(config, [*overrides, *common_overrides(cfg, runs, "shared")])
-    metric = check_metric(shared)
+    config, overrides, cfg, shared, arms = plan.config, plan.overrides, plan.cfg, plan.shared, plan.arms
+    baseline, metric, root, seeds, arm_overrides = plan.baseline, plan.metric, plan.root, plan.seeds, plan.arm_overrides
     stamps = root / "stamps"
-    seeds = list(cfg.compare.seeds)
-
-    def arm_overrides(arm: Arm, seed: int) -> list[str]:
-        return [*overrides, *common_overrides(cfg, runs, arm.name), *arm.overrides,
-                *arm.seed_overrides(seed, lambda name, s: runs / f"{name}-s{s}")]
-
-    if dry_run:
-        return {"compare_dir": str(root), "baseline": baseline, "seeds": seeds, "metric": metric,
-                "arms": [{**a.to_dict(), "run_overrides": arm_overrides(a, seeds[0])} for a in arms]}
-
-    state = PartialState()
+    state = accelerator if accelerator is not None else PartialState()
     main = state.is_main_process
-    data = prepare(shared) if main else None
-    state.wait_for_everyone()
-    if data is None:
-        data = PreparedData.load(shared.prepared_dir)
     features = compared_features(shared)
-    extracted, extract_errors = _extract(shared, data, features, Accelerator())
+    extracted, extract_errors = _extract(shared, data, features, accelerator or Accelerator())
     costs = extraction_costs(shared, data, [f for f in features if shared.features[f].encoder not in extract_errors]) \
         if main else {}
 
@@ -206,13 +222,13 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
                     body = {"format": _STAMP_FORMAT, "hash": digest, "arm": arm.name, "seed": seed,
                             "run_dir": str(run_dir), "state": "started", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                     if main:
-                        _write_json(stamp_path, body)
+                        write_json_atomic(stamp_path, body)
                     # the stamp, not the run directory, says whether an earlier run of this arm still counts
-                    run_training(acfg, data, resume=resume, overwrite=True)
+                    run_training(acfg, data, resume=resume, accelerator=accelerator, overwrite=True)
                     if main:
                         users, values = per_user_metrics(run_dir)
                         save_per_user(run_dir / PER_USER, users, values)
-                        _write_json(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                        write_json_atomic(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                     record["status"] = "trained"
                 record["seconds"] = time.perf_counter() - started
                 if main:
@@ -238,7 +254,7 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
 
     if not main:
         return {}
-    context = {"config": str(config), "overrides": list(overrides), "compare_dir": str(root), "metric": metric,
+    context = {"config": str(config) if not isinstance(config, Config) else "(a Config object)", "overrides": list(overrides), "compare_dir": str(root), "metric": metric,
                "train_seeds_set": cfg.train.seeds is not None,
                "baseline": baseline, "seeds": seeds, "extraction": extracted, "extraction_errors": extract_errors,
                "extraction_costs": costs}

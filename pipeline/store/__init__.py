@@ -24,7 +24,8 @@ from .leases import LEASE_AGE
 from .manifest import library_versions
 from .mmrec_io import export_mmrec, import_mmrec, mmrec_keys
 from .set_files import StoreWarning
-from .store import FeatureStore, default_root
+from .root import default_root
+from .store import FeatureStore
 from .views import VIEW_DIR_ENV
 
 __all__ = ["LEASE_AGE", "STORAGE_DTYPES", "VIEW_DIR_ENV", "ContentKeys", "FeatureSet", "FeatureStore", "StoreWarning",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .files import is_temp, temp_is_abandoned, write_file_atomic
 from .keys import content_key_text
+from .root import default_root
 
 CONTENT_KEYS = "content-keys"
 # A file changed within this long before its stat may change again without a new mtime (a
@@ -37,10 +38,13 @@ class ContentKeys:
             pass  # no sidecar yet, or a damaged one: everything is hashed again
 
     @classmethod
-    def for_config(cls, cfg) -> ContentKeys:
-        from .store import FeatureStore
+    def at(cls, root: Path, data: str) -> ContentKeys:
+        """The cache of data set ``data`` in the store at ``root``."""
+        return cls(Path(root) / CONTENT_KEYS / f"{data}.json")
 
-        return FeatureStore.from_config(cfg).content_keys(cfg.data.name)
+    @classmethod
+    def for_config(cls, cfg) -> ContentKeys:
+        return cls.at(default_root(cfg), cfg.data.name)
 
     def keys(self, values: list[str | None], modality: str) -> list[str | None]:
         """Per value, its key: the text's hash, or the media file's; None for no value, or a

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .content_keys import CONTENT_KEYS, ContentKeys
+from .content_keys import ContentKeys
 from .dtypes import STORAGE_DTYPES
 from .feature_set import FeatureSet
 from .files import is_temp, remove_tree, rename_away, temp_is_abandoned, write_file_atomic
@@ -30,17 +30,11 @@ from .keys import set_name
 from .leases import LEASE_AGE, Lease, leased, stale_leases
 from .links import all_links, link_path, read_link, write_link
 from .manifest import MANIFEST, manifest_bytes, new_manifest, read_manifest
+from .root import default_root
 from .shards import DAMAGED_SUFFIX, SHARD_SUFFIX
 from .timings import read_timing, record_timing
 
 _SET_NAME = re.compile(r"[A-Za-z0-9_.]+-[0-9a-f]{16}")  # see keys.set_name
-
-
-def default_root(cfg=None) -> Path:
-    """The config's features directory (``<cache_dir>/features``), or ``./cache/features``."""
-    if cfg is None:
-        return Path.cwd() / "cache" / "features"
-    return Path(getattr(cfg, "features_dir", None) or Path(cfg.cache_dir) / "features")
 
 
 class FeatureStore:
@@ -220,7 +214,7 @@ class FeatureStore:
 
     def content_keys(self, data: str) -> ContentKeys:
         """The content-key cache of one data set (media file hashes remembered by stat)."""
-        return ContentKeys(self.root / CONTENT_KEYS / f"{data}.json")
+        return ContentKeys.at(self.root, data)
 
     def record_timing(self, fingerprint: str, field: str, record: dict) -> bool:
         """Keep how fast a set was computed (the largest computation's record wins)."""
