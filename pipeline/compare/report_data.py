@@ -63,7 +63,7 @@ def _mean_of(results: list[dict], key: str) -> float | None:
 def _command(context: dict, cfg: Config, arm: Arm, seed_overrides: list[str]) -> str:
     """``modalrec train`` with the arm's overrides, writing to the default runs folder (so the
     compare's own runs stay untouched)."""
-    from ..config import parse_overrides
+    from ..config_tree import parse_overrides
 
     user = [f"{k}={v}" for k, v in parse_overrides(context["overrides"]) if k != "compare" and not k.startswith("compare.")]
     parts = ["modalrec", "train", context["config"], *user]
