@@ -133,7 +133,7 @@ class HashRecord:
         """Write the record if it learned anything, dropping entries of files that are gone."""
         if self.path is None or not self._changed:
             return
-        from pipeline.store.files import write_file_atomic
+        from pipeline.atomic import write_file_atomic
 
         kept = {p: e for p, e in self._entries.items() if os.path.exists(p)}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.store.files import write_file_atomic
+from pipeline.atomic import write_file_atomic
 
 from .backend import Backend, WeightsLocation, flag_checkpointing
 from .base import Encoder, canonical_json, jsonable

@@ -1,9 +1,11 @@
 """Atomic writes: a file or a directory is replaced all at once or not at all, so a crash, a kill
 or a bad input never leaves a half-written result where a reader looks.
 
-Everything is first written under a temporary sibling name (``.<name>.tmp-<random>``) and then
-renamed into place. A kill can leave such a sibling behind; ``remove_leftovers`` clears them in
-a folder that one writer owns (a run directory), at the start of its next use.
+Everything is first written under a temporary sibling name and then renamed into place. A file's
+temporary name (``.tmp-<pid>-<random>-<host>-<name>``) records its writer, so the feature store's
+``gc`` can tell an abandoned one (its writer is gone) from one still being written; a directory's
+is ``.<name>.tmp-<random>``. A kill can leave such a sibling behind; ``remove_leftovers`` clears
+them in a folder that one writer owns (a run directory), at the start of its next use.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +25,32 @@ from typing import Any
 from .errors import ModalrecError
 
 _TMP, _OLD = ".tmp-", ".old-"
+TMP_PREFIX = _TMP  # every temporary file name of ``temp_path`` starts with it
+HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def process_tag() -> str:
+    """``<pid>-<random>-<host>``: names a file after the process that writes or keeps it."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}-{HOST}"
+
+
+def temp_path(directory: Path, label: str) -> Path:
+    """``<directory>/.tmp-<pid>-<random>-<host>-<label>``: unique across processes and machines."""
+    return Path(directory) / f"{TMP_PREFIX}{process_tag()}-{label}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable; best effort (some filesystems cannot open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -28,22 +59,50 @@ def atomic_file(path: Path) -> Iterator[Path]:
     (flushed to disk) replaces ``path`` in one rename. On failure ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP}")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temp_path(path.parent, path.name)
     try:
         yield tmp
-        tmp.chmod(0o644)  # mkstemp makes it private; the result is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` all at once or not at all.
+
+    ``exclusive``: only create, never replace (a hard link fails if the name exists), so two
+    processes creating the same file race safely. Returns False when it already existed.
+    """
+    path = Path(path)
+    tmp = temp_path(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem: fall back to a plain check
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return True
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

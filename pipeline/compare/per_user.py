@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..store.files import write_file_atomic
+from ..atomic import write_file_atomic
 
 PER_USER = "per_user.safetensors"
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atomic import atomic_file
 from ..data import PreparedData
 from ..errors import DataError
 from .evaluator import UserItems
@@ -53,12 +54,11 @@ def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exc
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """CSV or Parquet by suffix, written to a temporary name and renamed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(tmp, index=False)
-    elif path.suffix.lower() == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise DataError(f"{path}: write .csv or .parquet")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)

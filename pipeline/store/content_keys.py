@@ -9,7 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from .files import is_temp, temp_is_abandoned, write_file_atomic
+from ..atomic import write_file_atomic
+from .files import is_temp, temp_is_abandoned
 from .keys import content_key_text
 from .root import default_root
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import DataError, ModalrecError
 from .dtypes import NUMPY_DTYPE, as_numpy, as_torch, checked_storage
-from .files import READ_ONLY, is_temp, write_file_atomic
+from ..atomic import write_file_atomic
+from .files import READ_ONLY, is_temp
 from .keys import key_list_digest
 from .manifest import MANIFEST, manifest_bytes, now
 from .set_files import SetFiles, StoreWarning

@@ -1,4 +1,5 @@
-"""Small filesystem helpers for writing without locks: unique temporary names, fsync, rename.
+"""The store's filesystem helpers for writing without locks (the writing itself is
+``pipeline.atomic``'s): telling abandoned temporary files from live ones, renaming away, removing.
 
 Every file the store writes first lands under a temporary name in its final directory and is
 then renamed into place. A rename within one directory is atomic, so a reader sees either no
@@ -11,20 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
-import socket
 import time
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"
+from ..atomic import HOST, TMP_PREFIX, temp_path
+
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a store we may only read raises
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-
-
-def temp_path(directory: Path, label: str) -> Path:
-    """``<directory>/.tmp-<pid>-<random>-<host>-<label>``: unique across processes and machines."""
-    return Path(directory) / f"{TMP_PREFIX}{process_tag()}-{label}"
 
 
 def is_temp(name: str) -> bool:
@@ -40,11 +33,6 @@ def temp_is_abandoned(path: Path, max_age: float) -> bool:
     return writer_is_gone(path, None, None, max_age)
 
 
-def process_tag() -> str:
-    """``<pid>-<random>-<host>``: names a file after the process that keeps it (see ``writer_is_gone``)."""
-    return f"{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
-
-
 def writer_is_gone(path: Path, pid: int | None, host: str | None, max_age: float) -> bool:
     """Whether the process a file was named after is gone: on this host, its pid is dead; for
     another host (whose pids we cannot check), the file has not changed for ``max_age`` seconds.
@@ -53,7 +41,7 @@ def writer_is_gone(path: Path, pid: int | None, host: str | None, max_age: float
         age = time.time() - path.lstat().st_mtime
     except FileNotFoundError:
         return False
-    if pid is not None and host == _HOST:
+    if pid is not None and host == HOST:
         return not _pid_alive(pid)
     return age > max_age
 
@@ -68,50 +56,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort (some filesystems cannot open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` all at once or not at all.
-
-    ``exclusive``: only create, never replace (a hard link fails if the name exists), so two
-    processes creating the same file race safely. Returns False when it already existed.
-    """
-    path = Path(path)
-    tmp = temp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            except OSError:  # no hard links on this filesystem: fall back to a plain check
-                if path.exists():
-                    return False
-                os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rename_away(path: Path) -> Path:

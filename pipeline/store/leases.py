@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from .files import READ_ONLY, is_temp, process_tag, write_file_atomic, writer_is_gone
+from ..atomic import process_tag, write_file_atomic
+from .files import READ_ONLY, is_temp, writer_is_gone
 
 LEASES = "leases"
 LEASE_SUFFIX = ".lease"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .files import is_temp, write_file_atomic
+from ..atomic import write_file_atomic
+from .files import is_temp
 
 LINKS = "links"
 KINDS = ("extract", "mmrec", "finetuned")

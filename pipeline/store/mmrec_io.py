@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import DataError
 from .dtypes import to_float32
 from .feature_set import FeatureSet
-from .files import READ_ONLY, fsync_dir, temp_path
+from ..atomic import atomic_file
+from .files import READ_ONLY
 from .keys import content_key_file, mmrec_key
 
 _CHUNK_ROWS = 1 << 16
@@ -126,17 +127,10 @@ def export_mmrec(fs: FeatureSet, item_ids: list[str], out_dir: str | Path, name:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}_feat.npy"
-    tmp = temp_path(out_dir, final.name)
-    try:
+    with atomic_file(final) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
         for s in range(0, len(vectors), _CHUNK_ROWS):
             out[s:s + _CHUNK_ROWS] = to_float32(vectors[s:s + _CHUNK_ROWS], fs.dtype)
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(out_dir)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .dtypes import TENSOR_DTYPE
-from .files import write_file_atomic
+from ..atomic import write_file_atomic
 from .tensor_file import DamagedFile, TensorFile, TensorFileWriter
 
 SHARD_SUFFIX = ".safetensors"

@@ -25,7 +25,8 @@ from ..errors import DataError
 from .content_keys import ContentKeys
 from .dtypes import STORAGE_DTYPES
 from .feature_set import FeatureSet
-from .files import is_temp, remove_tree, rename_away, temp_is_abandoned, write_file_atomic
+from ..atomic import write_file_atomic
+from .files import is_temp, remove_tree, rename_away, temp_is_abandoned
 from .keys import set_name
 from .leases import LEASE_AGE, Lease, leased, stale_leases
 from .links import all_links, link_path, read_link, write_link

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import fsync_dir, temp_path
+from ..atomic import fsync_dir, temp_path
 
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "U8": np.dtype("u1"),
           "BOOL": np.dtype("?")}

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .files import write_file_atomic
+from ..atomic import write_file_atomic
 from .keys import set_name
 
 TIMINGS = "timings"
