@@ -8,7 +8,9 @@ Specs: `open_clip:ViT-B-32@openai` (pretrained tag), `open_clip:ViT-B-32@/path/w
 from __future__ import annotations
 
 import hashlib
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,7 +29,18 @@ from .trainable import generic_parts
 from .weights import WeightsNotFoundError, file_identity, hub_identity, loading, local_path, looks_local, \
     random_identity, state_dict_sha256
 
-_CONFIG_DIR = Path(tempfile.gettempdir()) / "modalrec-open-clip-configs"
+_CONFIG_DIR: Path | None = None  # this process's own, private: see _config_dir
+
+
+def _config_dir() -> Path:
+    """A directory only this process writes and reads (``mkdtemp``: mode 0700, a fresh name),
+    removed at exit: a shared, predictable temp folder would let another user plant configs
+    that open_clip re-reads on every registration."""
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="modalrec-open-clip-"))
+        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+    return _CONFIG_DIR
 
 
 class OpenClipEncoder(Encoder):
@@ -69,10 +82,9 @@ def _register_config(path: Path) -> str:
 
     name = _config_name(cfg)
     if name not in open_clip.list_models():
-        _CONFIG_DIR.mkdir(parents=True, exist_ok=True)
-        target = _CONFIG_DIR / f"{name}.json"
-        # replaced whole, never rewritten in place: every process (accelerate launch) registers the
-        # same file, and open_clip re-reads all registered files on each registration
+        target = _config_dir() / f"{name}.json"
+        # replaced whole, never rewritten in place: open_clip re-reads all registered files on
+        # each registration
         write_file_atomic(target, json.dumps(cfg).encode("utf-8"))
         open_clip.add_model_config(target)
     return name

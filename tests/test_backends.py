@@ -311,3 +311,18 @@ def test_pickles_a_library_resolves_from_a_hub_cache_name_the_model(tmp_path):
         with refusing_pickles("hf", "org/model"):
             torch.load(cached, weights_only=True)
     assert not marker.exists()
+
+
+def test_open_clip_custom_configs_live_in_a_private_directory_of_this_process(monkeypatch):
+    """A custom CLIP architecture is registered from a folder only this process can read or
+    write (0700, an unpredictable name), never from a shared temp folder another user could fill."""
+    import stat
+    import tempfile
+
+    from encoders import open_clip_backend as ocb
+
+    monkeypatch.setattr(ocb, "_CONFIG_DIR", None)
+    folder = ocb._config_dir()
+    assert ocb._config_dir() == folder  # one per process
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert folder.parent == Path(tempfile.gettempdir()) and folder.name != "modalrec-open-clip-configs"
