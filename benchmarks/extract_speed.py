@@ -79,10 +79,9 @@ def main() -> None:
 
     from accelerate import Accelerator
 
-    import encoders
     from pipeline.config import load_config
+    from pipeline.content import build_encoder, encoder_modality
     from pipeline.data import prepare
-    from pipeline.extract import _modality_of
 
     accelerator = Accelerator()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,8 +96,7 @@ def main() -> None:
         print(f"{'':<8} {'':<24} {'ms/item':>7} {'best / median':>18} {'best / median':>18} {'best / median':>14}")
         for name in args.encoders.split(","):
             ec = cfg.encoders[name]
-            encoder = encoders.create(ec.spec, modality=_modality_of(prepared, name, ec),
-                                      random_init=ec.random_init, **ec.options).eval()
+            encoder = build_encoder(cfg, name, encoder_modality(prepared, name, ec)).eval()
             field = ec.fields[0]
             values = [v for v in prepared.items[field] if v is not None]
             bare, ours = [], []

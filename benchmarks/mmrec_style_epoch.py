@@ -210,7 +210,7 @@ def our_epochs(cfg, data, epochs: int) -> list[float]:
     epochs (it runs once, after the last): a full-ranking pass between epochs leaves the next one
     about 10% slower on this machine (cache and memory), for either side."""
     train = cfg.train.model_copy(update={"epochs": epochs, "patience": epochs, "eval_every": epochs})
-    r = run_training(cfg.model_copy(update={"train": train}), data)
+    r = run_training(cfg.model_copy(update={"train": train}), data, overwrite=True)  # a scratch run, timed only
     return [h["train_seconds"] for h in r["history"]]
 
 

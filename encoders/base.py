@@ -27,6 +27,11 @@ class WeightsNotFoundError(ModalrecError):
     """The weights a spec names cannot be found locally and cannot (or may not) be downloaded."""
 
 
+class WeightsUnreadableError(ModalrecError):
+    """A local weights file exists but cannot be read safely: damaged, truncated, or a pickle that
+    would need to run code to load (pickled checkpoints are only ever read with weights_only=True)."""
+
+
 class Encoder(nn.Module, ABC):
     """A pretrained model turned into `raw value -> [D]` for one modality.
 
@@ -95,6 +100,10 @@ class Encoder(nn.Module, ABC):
         ref = next((p for p in self.parameters() if p.is_floating_point()), None)
         return str(ref.dtype).removeprefix("torch.") if ref is not None else "none"
 
+    def set_identity(self, identity: dict[str, Any]) -> None:
+        """Backends that learn the dim or pooling by probing the built model set the identity last."""
+        self._identity = dict(identity)
+
     def identity(self) -> dict[str, Any]:
         """Everything that decides the output vectors, as plain JSON (never paths or devices)."""
         return {
@@ -121,8 +130,9 @@ class Encoder(nn.Module, ABC):
         """The module LoRA adapters are injected into."""
         return self.model
 
-    def set_trainable(self, policy: str) -> None:
-        """'frozen' | 'full' | 'top-k:N' | 'bias' | 'lora[:rank]'. Never changes the fingerprint."""
+    def set_trainable(self, policy) -> None:
+        """A `Policy` or its spelling: 'frozen' | 'full' | 'top-k:N' | 'bias' | 'lora[:rank]' (a cached
+        top-k trains what top-k does). Never changes the fingerprint."""
         from .trainable import apply_policy
 
         apply_policy(self, policy)

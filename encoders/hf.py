@@ -16,11 +16,14 @@ import torch
 
 from pipeline.errors import ConfigError
 
+from .backend import Backend, WeightsLocation, hf_checkpointing
 from .base import Encoder, jsonable
+from .checkpoints import check_pickled_weights, refusing_pickles
+from .file_hashes import sha256_tree
 from .processing import HFAudio, HFImage, HFText, PadCollate
-from .registry import Options, register
+from .registry import Options, register_backend
 from .trainable import generic_parts
-from .weights import hub_identity, loading, local_path, looks_local, random_identity, sha256_tree
+from .weights import hub_identity, loading, local_path, looks_local, random_identity
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +172,12 @@ def _build(prefix: str, name: str, modality, offline: bool, random_init: bool, o
 
     local = looks_local(name)
     source = str(local_path(name, prefix)) if local else name
+    if local and not random_init:
+        check_pickled_weights(source, prefix)
     hub_kw = {"trust_remote_code": trust, "local_files_only": offline or local}
     if revision and not local:
         hub_kw["revision"] = revision
-    with loading(prefix, name, offline=offline, local=local):
+    with loading(prefix, name, offline=offline, local=local), refusing_pickles(prefix, name):
         config = AutoConfig.from_pretrained(source, **hub_kw)
         modality, dual = _infer_modality(config, prefix, modality)
         extra = {} if dual else _model_kwargs(config)
@@ -207,7 +212,7 @@ def _build(prefix: str, name: str, modality, offline: bool, random_init: bool, o
     config_id = {"sha256": sha256_tree(source)} if local else hub_identity(source, revision, model)
     weights = random_identity(seed, config_id) if random_init else config_id
     enc.dim = int(probe_out.shape[-1])
-    enc._identity = {
+    identity = {
         "backend": prefix,
         "model": "local" if local else name,
         "architecture": model.config.model_type,
@@ -216,9 +221,10 @@ def _build(prefix: str, name: str, modality, offline: bool, random_init: bool, o
         "pooling": enc.pooling,
     }
     if missing:
-        enc._identity["initialised_missing"] = {"keys": len(missing), "seed": seed}
+        identity["initialised_missing"] = {"keys": len(missing), "seed": seed}
         log.warning("%s:%s: %d weights are not in the checkpoint and were initialised with seed %d (%s...)",
                     prefix, name, len(missing), seed, ", ".join(missing[:3]))
+    enc.set_identity(identity)
     return enc
 
 
@@ -285,13 +291,34 @@ def _probe(enc: HFEncoder, modality: str, name: str) -> torch.Tensor:
         raise ConfigError(f"{name}: layer={enc.layer} is out of range for this model") from None
 
 
-@register("hf")
-def create_hf(name: str, *, modality=None, offline=False, random_init=False, **options) -> HFEncoder:
-    return _build("hf", name, modality, offline, random_init, options)
+@register_backend
+class HFBackend(Backend):
+    """``hf:`` vision, text and dual-tower checkpoints through the transformers Auto classes."""
+
+    prefix = "hf"
+    aliases = ("transformers",)
+    libraries = {"transformers": "transformers"}
+
+    def create(self, name: str, *, modality=None, offline=False, random_init=False, **options) -> HFEncoder:
+        return _build(self.prefix, name, modality, offline, random_init, options)
+
+    def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        # a hub checkpoint is only known once transformers resolved it; a local folder by its files
+        return WeightsLocation(paths=(local_path(name, self.prefix),)) if looks_local(name) else None
+
+    def enable_gradient_checkpointing(self, encoder: HFEncoder) -> bool:
+        return hf_checkpointing(encoder.model)
 
 
-@register("hf-audio")
-def create_hf_audio(name: str, *, modality=None, offline=False, random_init=False, **options) -> HFEncoder:
-    if modality not in (None, "audio"):
-        raise ConfigError(f"hf-audio:{name} is an audio encoder, not {modality}")
-    return _build("hf-audio", name, "audio", offline, random_init, options)
+@register_backend
+class HFAudioBackend(HFBackend):
+    """``hf-audio:`` wav2vec2, HuBERT, WavLM, AST and the CLAP audio tower."""
+
+    prefix = "hf-audio"
+    aliases = ()
+
+    def create(self, name: str, *, modality=None, offline=False, random_init=False, **options) -> HFEncoder:
+        if modality not in (None, "audio"):
+            raise ConfigError(f"hf-audio:{name} is an audio encoder, not {modality}")
+        return _build(self.prefix, name, "audio", offline, random_init, options)
+

@@ -8,23 +8,39 @@ Specs: `open_clip:ViT-B-32@openai` (pretrained tag), `open_clip:ViT-B-32@/path/w
 from __future__ import annotations
 
 import hashlib
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.store.files import write_file_atomic
+from pipeline.atomic import write_file_atomic
 
+from .backend import Backend, WeightsLocation, flag_checkpointing
 from .base import Encoder, canonical_json, jsonable
+from .checkpoints import check_pickled_weights, refusing_pickles
+from .file_hashes import sha256_tree
 from .processing import OpenClipText, PadCollate, TorchvisionImage
-from .registry import Options, register
+from .registry import Options, register_backend
 from .trainable import generic_parts
 from .weights import WeightsNotFoundError, file_identity, hub_identity, loading, local_path, looks_local, \
-    random_identity, sha256_tree
+    random_identity, state_dict_sha256
 
-_CONFIG_DIR = Path(tempfile.gettempdir()) / "modalrec-open-clip-configs"
+_CONFIG_DIR: Path | None = None  # this process's own, private: see _config_dir
+
+
+def _config_dir() -> Path:
+    """A directory only this process writes and reads (``mkdtemp``: mode 0700, a fresh name),
+    removed at exit: a shared, predictable temp folder would let another user plant configs
+    that open_clip re-reads on every registration."""
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="modalrec-open-clip-"))
+        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+    return _CONFIG_DIR
 
 
 class OpenClipEncoder(Encoder):
@@ -66,10 +82,9 @@ def _register_config(path: Path) -> str:
 
     name = _config_name(cfg)
     if name not in open_clip.list_models():
-        _CONFIG_DIR.mkdir(parents=True, exist_ok=True)
-        target = _CONFIG_DIR / f"{name}.json"
-        # replaced whole, never rewritten in place: every process (accelerate launch) registers the
-        # same file, and open_clip re-reads all registered files on each registration
+        target = _config_dir() / f"{name}.json"
+        # replaced whole, never rewritten in place: open_clip re-reads all registered files on
+        # each registration
         write_file_atomic(target, json.dumps(cfg).encode("utf-8"))
         open_clip.add_model_config(target)
     return name
@@ -79,7 +94,6 @@ def _config_name(cfg: dict) -> str:
     return "modalrec-" + hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:16]
 
 
-@register("open_clip")
 def create_open_clip(name: str, *, modality=None, offline=False, random_init=False, **options) -> OpenClipEncoder:
     import open_clip
 
@@ -96,6 +110,7 @@ def create_open_clip(name: str, *, modality=None, offline=False, random_init=Fal
         model_name, local, weights_id = arch, False, None
     elif not weights_ref and looks_local(arch) and not arch.endswith(".json"):
         folder = local_path(arch, "open_clip")
+        check_pickled_weights(folder, "open_clip")
         model_name, local, weights_id = f"local-dir:{folder}", True, {"sha256": sha256_tree(folder)}
     else:
         local = looks_local(weights_ref)
@@ -111,13 +126,15 @@ def create_open_clip(name: str, *, modality=None, offline=False, random_init=Fal
                 f"{', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none'}) or '{arch}@/path/file'")
         if local:
             weights_file = local_path(weights_ref, "open_clip", "weights file")
+            if not random_init:
+                check_pickled_weights(weights_file, "open_clip")
             weights_id = file_identity(weights_file)
         else:
             weights_id = None
         if weights_ref and not random_init:
             kwargs["pretrained"] = str(weights_file) if local else weights_ref
 
-    with loading("open_clip", name, offline=offline, local=local):
+    with loading("open_clip", name, offline=offline, local=local), refusing_pickles("open_clip", name):
         if random_init:
             if model_name.startswith("local-dir:"):  # local-dir always loads its weights
                 raise ConfigError("open_clip: random_init needs an architecture name or config json, not a folder")
@@ -159,14 +176,14 @@ def create_open_clip(name: str, *, modality=None, offline=False, random_init=Fal
                           collator=PadCollate({"text": pad_id}), identity={}, layer=layer, normalize=normalize,
                           source=name)
     enc.dim = _probe_dim(enc, tower, modality)
-    enc._identity = {
+    enc.set_identity({
         "backend": "open_clip",
         "model": model_id,
         "architecture": architecture,
         "weights": weights_id,
         "preprocess": pre_identity,
         "pooling": "clip-projection" if layer is None else "mean",
-    }
+    })
     return enc
 
 
@@ -183,8 +200,6 @@ def _hub_weights_identity(open_clip, model_name: str, tag: str, model: torch.nn.
             return {"tag": tag, **file_identity(path)}
     except Exception:  # any cache oddity: fall back to the tensors themselves
         pass
-    from .weights import state_dict_sha256
-
     return {"tag": tag, "tensors_sha256": state_dict_sha256(model)}
 
 
@@ -200,3 +215,32 @@ def _probe_dim(enc: OpenClipEncoder, tower: torch.nn.Module, modality: str) -> i
             return int(enc(batch).shape[-1])
     except (IndexError, AssertionError):
         raise ConfigError(f"open_clip: layer={enc.layer} is out of range for this tower") from None
+
+
+@register_backend
+class OpenClipBackend(Backend):
+    prefix = "open_clip"
+    aliases = ("open-clip", "openclip")
+    libraries = {"open_clip": "open_clip_torch"}
+
+    def create(self, name: str, **kwargs) -> OpenClipEncoder:
+        return create_open_clip(name, **kwargs)
+
+    def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        """``arch@weights``: a named architecture is open_clip's own code; local parts are files;
+        a pretrained tag or a hub repo is only resolved by loading."""
+        parts = name.split("@")
+        paths, builtin = [], []
+        for i, part in enumerate(parts):
+            if part.startswith("hf-hub:"):
+                return None
+            if looks_local(part):
+                paths.append(local_path(part, "open_clip"))
+            elif i == 0 and (random_init or len(parts) > 1):
+                builtin.append(part)
+            else:
+                return None
+        return WeightsLocation(paths=tuple(paths), builtin=tuple(builtin))
+
+    def enable_gradient_checkpointing(self, encoder: OpenClipEncoder) -> bool:
+        return flag_checkpointing(encoder.model)  # open_clip's transformers read grad_checkpointing

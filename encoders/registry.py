@@ -1,41 +1,61 @@
-"""Spec strings -> encoders: a prefix registry filled by decorators, built-ins and entry points."""
+"""Spec strings -> encoders: backends registered under their prefix, looked up by `create`.
+
+Built-in backends register themselves when their module is imported (on the first lookup; a
+module imports its heavy library only when it builds an encoder). Others come from
+``@register_backend`` (a `Backend` subclass), ``@register("prefix")`` (a factory function) or
+the ``modalrec.encoders`` entry point group (a module that registers itself, a `Backend`
+subclass or instance, or a factory function), loaded when a spec first names them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from types import ModuleType
 from typing import Any, Callable
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModalrecError
 
+from .backend import Backend, FunctionBackend
 from .base import MODALITIES, Encoder
 from .weights import env_offline, local_first
 
 ENTRY_POINT_GROUP = "modalrec.encoders"
 
-# Built-in backends import their heavy libraries only when a spec names them.
-_BUILTIN = {
-    "timm": "encoders.timm_backend",
-    "hf": "encoders.hf",
-    "hf-audio": "encoders.hf",
-    "open_clip": "encoders.open_clip_backend",
-    "st": "encoders.sentence_transformers_backend",
-}
-_ALIASES = {"open-clip": "open_clip", "openclip": "open_clip", "sentence-transformers": "st", "transformers": "hf"}
-_FACTORIES: dict[str, Callable[..., Encoder]] = {}
+_BUILTIN_MODULES = ("encoders.timm_backend", "encoders.hf", "encoders.open_clip_backend",
+                    "encoders.sentence_transformers_backend")
+_BACKENDS: dict[str, Backend] = {}  # prefix or alias -> backend
+_FACTORIES = _BACKENDS  # the registry's earlier name: code that unregisters a backend pops it here
+_builtins_loaded = False
 
 Factory = Callable[..., Encoder]
 
 
-def register(prefix: str) -> Callable[[Factory], Factory]:
-    """Decorator: `@register("mybackend") def make(name, *, modality, offline, random_init, **options)`."""
-    if not prefix or ":" in prefix or prefix != prefix.strip():
+def _check_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or not prefix or ":" in prefix or prefix != prefix.strip():
         raise ValueError(f"encoder prefix must be a non-empty word without ':', got {prefix!r}")
 
+
+def register_backend(backend):
+    """Class decorator (or call with an instance): register a `Backend` under its prefix and aliases."""
+    obj = backend() if isinstance(backend, type) else backend
+    if not isinstance(obj, Backend):
+        raise TypeError(f"register_backend takes an encoders.Backend subclass or instance, got {backend!r}")
+    for name in (obj.prefix, *obj.aliases):
+        _check_prefix(name)
+    for name in (obj.prefix, *obj.aliases):
+        _BACKENDS[name] = obj
+    return backend
+
+
+def register(prefix: str) -> Callable[[Factory], Factory]:
+    """Decorator: `@register("mybackend") def make(name, *, modality, offline, random_init, **options)`."""
+    _check_prefix(prefix)
+
     def deco(factory: Factory) -> Factory:
-        _FACTORIES[prefix] = factory
+        _BACKENDS[prefix] = FunctionBackend(prefix, factory)
         return factory
 
     return deco
@@ -45,25 +65,66 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        _builtins_loaded = True
+
+
+def _load_entry_point(prefix: str) -> None:
+    ep = _entry_points().get(prefix)
+    if ep is None:
+        return
+    loaded = ep.load()
+    if prefix not in _BACKENDS:
+        if isinstance(loaded, Backend) or (isinstance(loaded, type) and issubclass(loaded, Backend)):
+            obj = loaded() if isinstance(loaded, type) else loaded
+            register_backend(obj)
+            _BACKENDS[prefix] = obj
+        elif callable(loaded) and not isinstance(loaded, (type, ModuleType)):
+            _BACKENDS[prefix] = FunctionBackend(prefix, loaded)
+    backend = _BACKENDS.get(prefix)
+    dist = getattr(ep, "dist", None)
+    if backend is not None and not backend.libraries and dist is not None:
+        # the distribution that provides the entry point computes the vectors: record its version
+        backend.libraries = {ep.module.split(".", 1)[0]: dist.name}
+
+
 def available() -> list[str]:
     """Every prefix a spec may start with: built-ins, registered and installed entry points."""
-    return sorted(set(_BUILTIN) | set(_FACTORIES) | set(_entry_points()))
+    _load_builtins()
+    return sorted({k for k, b in _BACKENDS.items() if k not in b.aliases} | set(_entry_points()))
 
 
-def _factory(prefix: str) -> Factory:
-    prefix = _ALIASES.get(prefix, prefix)
-    if prefix not in _FACTORIES and prefix in _BUILTIN:
-        importlib.import_module(_BUILTIN[prefix])
-    if prefix not in _FACTORIES:
-        ep = _entry_points().get(prefix)
-        if ep is not None:
-            loaded = ep.load()  # a module that registers itself, or the factory itself
-            if prefix not in _FACTORIES and callable(loaded) and not isinstance(loaded, type(importlib)):
-                _FACTORIES[prefix] = loaded
-    if prefix not in _FACTORIES:
+def get_backend(prefix: str) -> Backend:
+    """The backend registered under ``prefix`` (or an alias of it); ConfigError when none is."""
+    if prefix not in _BACKENDS:
+        _load_builtins()
+    if prefix not in _BACKENDS:
+        _load_entry_point(prefix)
+    if prefix not in _BACKENDS:
         raise ConfigError(f"unknown encoder backend {prefix!r}; available: {', '.join(available())} "
-                          f"(add one with @encoders.register or the {ENTRY_POINT_GROUP!r} entry point group)")
-    return _FACTORIES[prefix]
+                          f"(add one with @encoders.register_backend, @encoders.register or the "
+                          f"{ENTRY_POINT_GROUP!r} entry point group)")
+    return _BACKENDS[prefix]
+
+
+def backend_of(encoder: Encoder) -> Backend:
+    """The backend that built ``encoder`` (by its spec); a bare `Backend` for hand-built encoders."""
+    try:
+        return get_backend(parse_spec(getattr(encoder, "spec", ""))[0])
+    except ModalrecError:
+        return Backend()
+
+
+def spec_versions(spec: str | None) -> dict[str, str]:
+    """Versions of the libraries of the backend a spec names; {} when it names none."""
+    try:
+        return get_backend(parse_spec(spec)[0]).versions()
+    except ModalrecError:
+        return {}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -94,11 +155,11 @@ def create(spec: str, *, modality: str | None = None, offline: bool | None = Non
     prefix, name = parse_spec(spec)
     if modality is not None and modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    factory = _factory(prefix)
+    backend = get_backend(prefix)
     offline = env_offline() if offline is None else bool(offline)
     torch_dtype = resolve_dtype(dtype)
-    encoder = local_first(lambda off: factory(name, modality=modality, offline=off, random_init=bool(random_init),
-                                              **options), offline)
+    encoder = local_first(lambda off: backend.create(name, modality=modality, offline=off,
+                                                      random_init=bool(random_init), **options), offline)
     if not isinstance(encoder, Encoder):
         raise TypeError(f"backend {prefix!r} returned {type(encoder).__name__}, not an encoders.Encoder")
     if modality is not None and encoder.modality != modality:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipeline.errors import ConfigError
 
+from .backend import Backend, WeightsLocation, hf_checkpointing
 from .base import Encoder
+from .checkpoints import check_pickled_weights, refusing_pickles
+from .file_hashes import sha256_tree
 from .processing import HFText, PadCollate
-from .registry import Options, register
+from .registry import Options, register_backend
 from .trainable import generic_parts
-from .weights import packaged_weights, hub_identity, loading, local_path, looks_local, random_identity, sha256_tree
+from .weights import packaged_weights, hub_identity, loading, local_path, looks_local, random_identity
 
 
 class SentenceTransformerEncoder(Encoder):
@@ -43,7 +48,17 @@ class SentenceTransformerEncoder(Encoder):
         return self.model[0].auto_model
 
 
-@register("st")
+def _source(name: str) -> tuple[str, bool]:
+    """(where the model loads from, whether that is a local folder) for a spec's name."""
+    if looks_local(name):
+        return str(local_path(name, "st")), True
+    source = name if "/" in name else f"sentence-transformers/{name}"  # the library's short names
+    packaged = packaged_weights(source)
+    if packaged is not None:  # an installed weights package: no hub needed
+        return str(packaged), True
+    return source, False
+
+
 def create_st(name: str, *, modality=None, offline=False, random_init=False, **options) -> SentenceTransformerEncoder:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
@@ -56,15 +71,10 @@ def create_st(name: str, *, modality=None, offline=False, random_init=False, **o
     max_length = opts.pop("max_length", kind=int)
     opts.done()
 
-    local = looks_local(name)
+    source, local = _source(name)
     if local:
-        source = str(local_path(name, "st"))
-    else:  # the library's short names live under sentence-transformers/
-        source = name if "/" in name else f"sentence-transformers/{name}"
-        packaged = packaged_weights(source)
-        if packaged is not None:  # an installed weights package: no hub needed
-            source, local = str(packaged), True
-    with loading("st", name, offline=offline, local=local):
+        check_pickled_weights(source, "st")
+    with loading("st", name, offline=offline, local=local), refusing_pickles("st", name):
         model = SentenceTransformer(source, device="cpu", trust_remote_code=trust, revision=revision,
                                     local_files_only=offline or local)
     first = model[0]
@@ -93,7 +103,7 @@ def create_st(name: str, *, modality=None, offline=False, random_init=False, **o
             enc.dim = int(enc(enc.collate([enc.preprocess("probe")])).shape[-1])
     except IndexError:
         raise ConfigError(f"st:{name}: layer={layer} is out of range for this model") from None
-    enc._identity = {
+    enc.set_identity({
         "backend": "st",
         "model": "local" if local else source,
         "architecture": [type(m).__name__ for m in model],
@@ -101,5 +111,22 @@ def create_st(name: str, *, modality=None, offline=False, random_init=False, **o
         "preprocess": {"tokenizer": type(tokenizer).__name__, "max_length": length,
                        "lowercase": getattr(tokenizer, "do_lower_case", None)},
         "pooling": "st-pipeline" if layer is None else "st-pooling",
-    }
+    })
     return enc
+
+
+@register_backend
+class SentenceTransformersBackend(Backend):
+    prefix = "st"
+    aliases = ("sentence-transformers",)
+    libraries = {"sentence_transformers": "sentence-transformers", "transformers": "transformers"}
+
+    def create(self, name: str, **kwargs) -> SentenceTransformerEncoder:
+        return create_st(name, **kwargs)
+
+    def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        source, local = _source(name)
+        return WeightsLocation(paths=(Path(source),)) if local else None
+
+    def enable_gradient_checkpointing(self, encoder: SentenceTransformerEncoder) -> bool:
+        return hf_checkpointing(encoder.model[0].auto_model)

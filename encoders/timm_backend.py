@@ -7,10 +7,12 @@ import torch
 
 from pipeline.errors import ConfigError
 
+from .backend import Backend, WeightsLocation, flag_checkpointing
 from .base import Encoder, jsonable
+from .checkpoints import check_pickled_weights
 from .processing import PadCollate, TorchvisionImage
-from .registry import Options, register
-from .weight_sources import build_model, weight_source
+from .registry import Options, register_backend
+from .weight_sources import MAPPING_VERSION, build_model, installed_checkpoint, weight_source
 from .weights import file_identity, loading, local_path, looks_local, random_identity, sha256_tree, \
     state_dict_sha256
 
@@ -49,6 +51,7 @@ def _load(name: str, local: bool, offline: bool, random_init: bool, seed: int, m
 
     if local:
         path = local_path(name, "timm")
+        check_pickled_weights(path, "timm")
         timm_name, model_id = f"local-dir:{path}", "local"
     else:
         timm_name = model_id = name
@@ -70,7 +73,11 @@ def _load(name: str, local: bool, offline: bool, random_init: bool, seed: int, m
     return model, model_id, weights
 
 
-@register("timm")
+def _is_source(name: str) -> bool:
+    """``arch@source``: a checkpoint an installed package ships (encoders/weight_sources.py)."""
+    return "@" in name and not looks_local(name)
+
+
 def create_timm(name: str, *, modality=None, offline=False, random_init=False, **options) -> TimmEncoder:
     from timm.data import create_transform, resolve_model_data_config
 
@@ -81,11 +88,11 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
     model_args = dict(opts.pop("model_args", {}) or {})
     opts.done()
 
-    local = looks_local(name) and not name.startswith("hf-hub:")
-    if "@" in name and not local:  # arch@source: a checkpoint an installed package ships
+    if _is_source(name):
         model, weights = build_model(weight_source(name, random_init=random_init), model_args=model_args)
         model_id = name.partition("@")[0]
     else:
+        local = looks_local(name) and not name.startswith("hf-hub:")
         model, model_id, weights = _load(name, local, offline, random_init, seed, model_args)
     data_cfg = resolve_model_data_config(model)
     transform = create_transform(**data_cfg, is_training=False)
@@ -110,3 +117,29 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
     }
     return TimmEncoder(model, modality="image", dim=dim, preprocessor=TorchvisionImage(transform),
                        collator=PadCollate(), identity=identity, layer=layer, normalize=normalize, source=name)
+
+
+@register_backend
+class TimmBackend(Backend):
+    prefix = "timm"
+    libraries = {"timm": "timm"}
+
+    def create(self, name: str, **kwargs) -> TimmEncoder:
+        return create_timm(name, **kwargs)
+
+    def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        if _is_source(name):  # the package's file, and the conversion (library code) by its version
+            path = installed_checkpoint(name)
+            return WeightsLocation(paths=(path,), builtin=(f"{name}#mapping-{MAPPING_VERSION}",)) if path else None
+        if looks_local(name) and not name.startswith("hf-hub:"):
+            return WeightsLocation(paths=(local_path(name, "timm"),))
+        if random_init and not name.startswith("hf-hub:"):
+            return WeightsLocation(builtin=(name,))  # built from timm's own code
+        return None
+
+    def enable_gradient_checkpointing(self, encoder: TimmEncoder) -> bool:
+        try:
+            encoder.model.set_grad_checkpointing(True)
+            return True
+        except (AttributeError, AssertionError, NotImplementedError):  # models without timm's switch
+            return flag_checkpointing(encoder.model)

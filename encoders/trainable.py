@@ -9,6 +9,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError, ModalrecError
 
+from pipeline.policy import Policy
+
 if TYPE_CHECKING:
     from .base import Encoder
 
@@ -51,32 +53,26 @@ def generic_parts(tower: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]
     return blocks, head
 
 
-def apply_policy(encoder: "Encoder", policy: str) -> None:
-    text = str(policy).strip().lower()
+def apply_policy(encoder: "Encoder", policy: Policy | str) -> None:
+    policy = Policy.parse(policy)
     params = list(encoder.named_parameters())
-    if text == "frozen":
+    if policy.kind == "frozen":
         for _, p in params:
             p.requires_grad_(False)
         encoder.eval()
-    elif text == "full":
+    elif policy.kind == "full":
         for _, p in params:
             p.requires_grad_(True)
-    elif text == "bias":
+    elif policy.kind == "bias":
         for name, p in params:
             p.requires_grad_(name.endswith("bias"))
-    elif text.startswith("top-k:"):
-        _top_k(encoder, text[6:])
-    elif text == "lora" or text.startswith("lora:"):
-        _lora(encoder, text[5:] if ":" in text else "")
+    elif policy.kind == "top-k":
+        _top_k(encoder, policy.k)
     else:
-        raise ConfigError(f"unknown trainable policy {policy!r}: use frozen, full, top-k:N, bias or lora[:rank]")
+        _lora(encoder, policy.lora_rank)
 
 
-def _top_k(encoder: "Encoder", arg: str) -> None:
-    try:
-        k = int(arg)
-    except ValueError:
-        raise ConfigError(f"top-k policy needs a block count, e.g. 'top-k:2', got 'top-k:{arg}'") from None
+def _top_k(encoder: "Encoder", k: int) -> None:
     blocks, head = encoder.trainable_parts()
     if not blocks:
         raise ConfigError(f"{encoder.spec}: no repeated blocks found, so 'top-k' cannot apply; use full or bias")
@@ -91,16 +87,12 @@ def _top_k(encoder: "Encoder", arg: str) -> None:
         p.requires_grad_(True)
 
 
-def _lora(encoder: "Encoder", arg: str) -> None:
+def _lora(encoder: "Encoder", rank: int) -> None:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise ModalrecError("the 'lora' policy needs the peft package (pip install peft); "
                             "it is used for end-to-end training only") from None
-    try:
-        rank = int(arg) if arg else 8
-    except ValueError:
-        raise ConfigError(f"lora policy takes a rank, e.g. 'lora:8', got 'lora:{arg}'") from None
     root = encoder.lora_root()
     if not any("lora_" in n for n, _ in root.named_parameters()):
         blocks, _ = encoder.trainable_parts()

@@ -20,7 +20,7 @@ import torch
 from pipeline.errors import ConfigError, ModalrecError
 
 from .base import WeightsNotFoundError
-from .weights import sha256_file
+from .file_hashes import sha256_file
 
 # Bump when the conversion changes the tensors a source yields, so cached features recompute.
 MAPPING_VERSION = 1

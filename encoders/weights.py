@@ -15,46 +15,11 @@ import torch
 from pipeline.errors import ModalrecError
 
 from .base import WeightsNotFoundError
+from .file_hashes import sha256_file, sha256_tree
 
-_CHUNK = 1 << 20
-_hash_cache: dict[tuple[str, int, int], str] = {}
-_hash_lock = threading.Lock()
 _offline_lock = threading.RLock()
 T = TypeVar("T")
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 hex of a file, read in chunks; cached in-process by (path, size, mtime)."""
-    path = os.path.realpath(path)
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    with _hash_lock:
-        if key in _hash_cache:
-            return _hash_cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    with _hash_lock:
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
-
-
-def sha256_tree(root: str | os.PathLike) -> str:
-    """One digest over every file a model folder holds (weights, config, tokenizer...).
-
-    Paths are relative, so the same files at another location give the same digest;
-    READMEs and dot-files (.git, .cache) are skipped as they never change outputs.
-    """
-    root = Path(root)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() == ".md":
-            continue
-        digest.update(f"{rel.as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, str]:

@@ -12,132 +12,25 @@ Rules a user can rely on:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_serializer, \
+    model_validator
 
+from .atomic import write_text_atomic
+from .config_tree import (  # noqa: F401  (parse_overrides re-exported for callers)
+    PATH_KEYS, expand_env, format_validation, parse_overrides, read_tree, resolve_feature_runs, resolve_spec_paths,
+    set_dotted,
+)
 from .errors import ConfigError
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-
-class DemoConfig(Section):
-    """Parameters of the built-in demo data generator (see ``pipeline.data.demo``)."""
-
-    n_items: int = Field(1000, ge=10)
-    n_users: int = Field(800, gt=0)
-    seed: int = 0
-    image_size: int = Field(64, ge=16)
-    audio_seconds: float = Field(1.0, gt=0)
-    sample_rate: int = Field(16000, ge=4000)
-    mean_interactions: int = Field(20, gt=0)
-
-
-TableFormat = Literal["auto", "csv", "tsv", "parquet", "jsonl", "hf"]
-
-
-class ItemsConfig(Section):
-    """The item catalog. Each field maps a field name to a column name or a template.
-
-    A template is a Python format string over the row's columns, e.g.
-    ``"{prod_name}. {detail_desc}"`` or ``"images/{article_id:.3}/{article_id}.jpg"``.
-    Without ``path`` the catalog is the set of items seen in the interactions (no content).
-    """
-
-    path: str | None = None
-    format: TableFormat = "auto"
-    encoding: str = "utf-8"
-    id: str = "item_id"
-    text: dict[str, str] = {}
-    image: dict[str, str] = {}
-    audio: dict[str, str] = {}
-    media_root: str | None = None
-
-    @model_validator(mode="after")
-    def _fields_unique(self) -> "ItemsConfig":
-        seen: dict[str, str] = {}
-        for modality in ("text", "image", "audio"):
-            for name in getattr(self, modality):
-                if name == "item_id" or name in seen:
-                    other = "item_id" if name == "item_id" else f"{seen[name]}.{name}"
-                    raise ValueError(f"field name {name!r} of {modality} is already used by {other}")
-                seen[name] = modality
-        return self
-
-
-class InteractionsConfig(Section):
-    """The interaction table. ``format: mmrec`` reads an MMRec ``.inter`` file and maps its
-    columns (userID, itemID and, when present, rating, timestamp, x_label) itself."""
-
-    path: str
-    format: Literal["auto", "csv", "tsv", "parquet", "jsonl", "hf", "mmrec"] = "auto"
-    encoding: str = "utf-8"
-    user: str | None = "user_id"  # null: no user ids, each row is its own user (one anonymous session)
-    item: str = "item_id"
-    timestamp: str | None = None
-    timestamp_format: str | None = None  # strptime format; default: unix seconds or ISO 8601
-    rating: str | None = None
-    label: str | None = None  # MMRec's x_label column (0 train, 1 valid, 2 test)
-    unknown_items: Literal["error", "drop"] = "error"
-
-
-class FilterConfig(Section):
-    min_rating: float | None = None
-    min_user_interactions: int = Field(0, ge=0)
-    min_item_interactions: int = Field(0, ge=0)
-
-
-SplitProtocol = Literal["label", "random", "temporal_user", "temporal_global", "leave_one_out", "cold_start"]
-
-
-class SplitConfig(Section):
-    protocol: SplitProtocol = "random"
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 999
-    short_history: int = Field(10, ge=3)  # MMRec: below this, one valid + one test item per user
-    valid_start: dt.date | None = None  # temporal_global: first day of validation
-    test_start: dt.date | None = None  # temporal_global: first day of test
-    cold_items: float = Field(0.2, gt=0, lt=1)  # cold_start: fraction of items held out
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(v)}")
-        return v
-
-    @model_validator(mode="after")
-    def _dates(self) -> "SplitConfig":
-        if (self.valid_start is None) != (self.test_start is None):
-            raise ValueError("set both valid_start and test_start, or neither (then cut by ratios)")
-        if self.valid_start is not None and self.valid_start > self.test_start:
-            raise ValueError(f"valid_start {self.valid_start} is after test_start {self.test_start}")
-        return self
-
-
-class DataConfig(Section):
-    name: str
-    root: Path
-    prepared: Path | None = None  # default: <cache_dir>/prepared/<name>
-    demo: DemoConfig | None = None  # set: generate the demo data into `root` first
-    items: ItemsConfig = ItemsConfig()
-    interactions: InteractionsConfig
-    filter: FilterConfig = FilterConfig()
-    split: SplitConfig = SplitConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"name must be letters, digits, '_', '.', '-' (it names a folder), got {v!r}")
-        return v
+from .policy import Policy
+from .section import Section, validate_section, validation_errors
+from .data_config import (  # noqa: F401  (the data section; re-exported for callers)
+    DataConfig, DemoConfig, FilterConfig, InteractionsConfig, ItemsConfig, SplitConfig, TableFormat,
+)
 
 
 class EncoderConfig(Section):
@@ -180,9 +73,23 @@ class LiveEncoderConfig(Section):
     """One encoder trained end to end inside the item tower (a key of `encoders`)."""
 
     field: str | None = None  # which of the encoder's fields (default: its only one)
-    policy: str = "full"  # frozen | full | top-k:N | bias | lora[:rank]
+    policy: Policy = Policy("full")  # frozen | full | top-k:N | cached-top-k:N | bias | lora[:rank]
     cached: bool = False  # top-k only: cache the hidden states below the trained blocks, train from them
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+
+    @model_validator(mode="after")
+    def _one_cache_flag(self) -> "LiveEncoderConfig":
+        """``policy: cached-top-k:N`` and ``{policy: top-k:N, cached: true}`` are one setting: afterwards
+        ``policy.cached`` and ``cached`` agree."""
+        if self.cached and self.policy.kind != "top-k":
+            raise ValueError(f"cached needs policy top-k:N (got {str(self.policy)!r})")
+        if self.cached != self.policy.cached:
+            self.policy, self.cached = self.policy.with_cache(), True
+        return self
+
+    @field_serializer("policy")
+    def _policy_spelling(self, policy: Policy) -> str:
+        return str(policy.uncached())  # `cached` carries the rest: saved configs read as before
 
 
 class TowerConfig(Section):
@@ -203,77 +110,49 @@ class TowerConfig(Section):
         return self
 
 
-class BPRParams(Section):
-    reg_weight: float = Field(0.01, ge=0)
+def _registered_model(name: str) -> str:
+    from .models.registry import MODELS  # lazy: the model files import torch
+
+    return MODELS.check(name)
 
 
-class VBPRParams(Section):
-    reg_weight: float = Field(2.0, ge=0)  # MMRec's default for VBPR
-
-
-class LightGCNParams(Section):
-    n_layers: int = Field(1, ge=1)
-    reg_weight: float = Field(0.01, ge=0)
-
-
-class FREEDOMParams(Section):
-    n_ui_layers: int = Field(2, ge=1)
-    n_mm_layers: int = Field(1, ge=1)
-    knn_k: int = Field(10, ge=1)
-    dropout: float = Field(0.8, ge=0, lt=1)  # fraction of user-item edges dropped each epoch
-    reg_weight: float = Field(0.0, ge=0)  # weight of the feature-projection BPR terms
-    feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
-    trainable_features: bool = False  # train the feature tables of those terms too (MMRec does, silently)
-
-
-class TwoTowerParams(Section):
-    user: Literal["id", "history", "both"] = "id"  # user tower: id embedding, mean of history items, or both
-    user_mlp: list[Annotated[int, Field(gt=0)]] = []  # hidden widths of an MLP on the user vector
-    loss: Literal["in_batch", "sampled_softmax", "bpr"] = "in_batch"
-    logq: bool = True  # in_batch: subtract log item frequency (Yi et al. 2019)
-    temperature: float = Field(1.0, gt=0)  # logits = score / temperature; with normalize, try ~0.1
-    n_negatives: int = Field(64, ge=1)  # sampled_softmax: uniform negatives per positive
-    normalize: bool = False  # cosine scores; off by default: see pipeline/models/two_tower.py
-
-
-class SASRecParams(Section):
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(1, ge=1)  # must divide model.dim
-    dropout: float = Field(0.2, ge=0, lt=1)
-    max_len: int = Field(50, ge=1)  # the most recent items of a user that the model reads
-    loss: Literal["bce", "sampled_softmax", "in_batch"] = "bce"  # bce: one sampled negative per position
-    n_negatives: int = Field(64, ge=1)  # sampled_softmax
-
-
-MODEL_PARAMS = {"bpr": BPRParams, "vbpr": VBPRParams, "lightgcn": LightGCNParams, "freedom": FREEDOMParams,
-                "two_tower": TwoTowerParams, "sasrec": SASRecParams}
+ModelName = Annotated[str, AfterValidator(_registered_model)]
 
 
 class ModelConfig(Section):
-    """``name`` picks the model; each model's own settings live in the section of its name, so one
-    config can hold settings for several models and ``model.name=...`` switches between them."""
+    """``name`` picks a registered model (``pipeline/models/registry.py``); each model's own
+    settings live in the section of its name, validated by that model's class, so one config can
+    hold settings for several models and ``model.name=...`` switches between them."""
 
-    name: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"]
+    model_config = ConfigDict(extra="allow")  # the sections named after registered models
+    name: ModelName
     dim: int = Field(64, gt=0)
     item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
-    bpr: BPRParams = BPRParams()
-    vbpr: VBPRParams = VBPRParams()
-    lightgcn: LightGCNParams = LightGCNParams()
-    freedom: FREEDOMParams = FREEDOMParams()
-    two_tower: TwoTowerParams = TwoTowerParams()
-    sasrec: SASRecParams = SASRecParams()
+
+    @model_validator(mode="after")
+    def _model_sections(self) -> "ModelConfig":
+        from .models.registry import MODELS
+
+        sections = self.__pydantic_extra__
+        unknown = [k for k in sections if k not in MODELS]
+        if unknown:
+            raise validation_errors([{"type": "extra_forbidden", "loc": (k,), "input": sections[k]} for k in unknown])
+        for key, value in sections.items():
+            sections[key] = validate_section(MODELS.get(key), value, key)
+        if self.name not in sections:
+            sections[self.name] = MODELS.get(self.name)()
+        self.params.check(self.dim)
+        return self
 
     @property
     def params(self):
-        """The chosen model's own settings (``model.<name>``)."""
-        return getattr(self, self.name)
+        """The chosen model's own settings (``model.<name>``), an instance of its registered class."""
+        return self.__pydantic_extra__[self.name]
 
-    @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
-        # the item tower's width is model.dim or a multiple of it, so this is the check that matters
-        if self.name == "sasrec" and self.dim % self.sasrec.n_heads:
-            raise ValueError(f"model.sasrec.n_heads={self.sasrec.n_heads} must divide model.dim={self.dim}")
-        return self
+    def tower(self, features: list[str]) -> TowerConfig:
+        """The item tower: ``item_tower`` as given, else the model's default over ``features``
+        (the names of the feature sets available)."""
+        return self.item_tower if self.item_tower is not None else TowerConfig(**self.params.default_tower(features))
 
 
 class TrainConfig(Section):
@@ -295,19 +174,28 @@ class TrainConfig(Section):
     encode_batch_size: int = Field(256, gt=0)  # live encoders: items per forward when encoding the catalog
     keep_freed_memory: bool = True  # on CPU, freed memory stays in the process between steps (pipeline/train/cpu_memory.py)
     runs_dir: Path | None = None  # default: <cache_dir>/runs
-    run_name: str | None = None  # default: <data>-<model>-s<seed>
+    run_name: str | None = None  # default: <data>-<model>-<hash of the result-affecting keys>-s<seed>
     tensorboard: bool = True
     progress: bool = True
 
 
+def _registered_metric(name: str) -> str:
+    from .eval.metrics import METRIC_FUNCTIONS  # lazy: the metrics are torch functions
+
+    return METRIC_FUNCTIONS.check(name)
+
+
 class EvalConfig(Section):
-    ks: list[int] = [10, 20, 50]
-    metrics: list[Literal["recall", "ndcg", "precision", "map", "hit", "mrr"]] = ["recall", "ndcg", "precision",
-                                                                                  "map", "hit", "mrr"]
+    ks: list[Annotated[int, Field(gt=0)]] = Field([10, 20, 50], min_length=1)
+    metrics: list[Annotated[str, AfterValidator(_registered_metric)]] = ["recall", "ndcg", "precision", "map",
+                                                                          "hit", "mrr"]
     batch_users: int = Field(4096, gt=0)
     mask_valid_in_test: bool = True  # False reproduces MMRec (valid items stay rankable at test time)
     skip_cold_users: bool = True  # users with no training pairs are not evaluated (as in MMRec)
     cold_slice: bool = True  # also report metrics on items never seen in training
+    long_tail_slice: bool = True  # also report test metrics on the long tail (tail/...): see long_tail_share
+    # the least popular trained items holding at most this share of the training interactions
+    long_tail_share: float = Field(0.2, gt=0, lt=1)
 
 
 class CompareConfig(Section):
@@ -319,20 +207,27 @@ class CompareConfig(Section):
     frozen model; plus any extra arms given as overrides."""
 
     name: str | None = None  # results go under <cache_dir>/compare/<name>; default data.name
-    model: Literal["bpr", "vbpr", "lightgcn", "freedom", "two_tower", "sasrec"] | None = "two_tower"  # null: model.name
+    model: ModelName | None = "two_tower"  # null: model.name
     seeds: list[int] = Field([1, 2, 3], min_length=1)  # every arm trains once per seed
     metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
     features: list[str] | None = None  # feature sets compared frozen; default all of `features`
     finetune: list[str] | None = None  # encoders fine-tuned; default those the compared features read
-    policies: list[str] = ["full", "top-k:2", "cached-top-k:2", "lora:8"]  # also bias, frozen, top-k:N, lora:R
+    # fine-tuning policies compared (frozen, full, bias, top-k:N, cached-top-k:N, lora, lora:R)
+    policies: list[Policy] = [Policy.parse(p) for p in ("full", "top-k:2", "cached-top-k:2", "lora:8")]
     id_only: bool = True  # the ID-only arm
     ablation: bool = True  # a frozen arm per feature set (image only, text only, ...) besides the fused one
-    finetuned_features: bool | list[str] = True  # ftfeat arms: true (every policy), false, or some policies
+    finetuned_features: bool | list[Policy] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
     common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
     skip: list[str] = []  # arm names left out
     html: bool = False  # also write report.html
+
+
+class StoreConfig(Section):
+    # views of a store this user cannot write to; must be this user's own (created 0700).
+    # Default $MODALREC_VIEW_DIR; with neither, such reads gather rows into memory.
+    view_dir: Path | None = None
 
 
 class Config(Section):
@@ -345,6 +240,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig = CompareConfig()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
@@ -358,8 +254,6 @@ class Config(Section):
             for name, live in self.model.item_tower.live.items():
                 where = f"model.item_tower.live.{name}"
                 self._encoder_field(where, f"{where}.field", name, live.field)
-                if live.cached and not live.policy.startswith("top-k:"):
-                    raise ValueError(f"{where}.cached needs policy top-k:N (got {live.policy!r})")
         metric = self.train.valid_metric
         name, _, k = metric.partition("@")
         if name not in self.eval.metrics or not k.isdigit() or int(k) not in self.eval.ks:
@@ -392,186 +286,34 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-# Keys whose values are filesystem paths resolved against the config file (or cwd for overrides).
-_PATH_KEYS = ("cache_dir", "data.root", "data.prepared", "train.runs_dir")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
-    """``["a.b=1", "--c.d", "2", "--e=3"]`` -> ``[("a.b", "1"), ("c.d", "2"), ("e", "3")]``."""
-    out: list[tuple[str, str]] = []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.startswith("--"):
-            tok = tok[2:]
-            if "=" not in tok:
-                if i + 1 >= len(tokens):
-                    raise ConfigError(f"override --{tok} has no value")
-                tok = f"{tok}={tokens[i + 1]}"
-                i += 1
-        if "=" not in tok:
-            raise ConfigError(f"cannot read override {tokens[i]!r}: write key=value or --key value")
-        key, value = tok.split("=", 1)
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-            raise ConfigError(f"override key {key!r} is not a dotted key like train.lr")
-        out.append((key, value))
-        i += 1
-    return out
-
-
-def _expand_env(value: Any, key: str, source: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{key}.{k}" if key else str(k), source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def repl(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is None:
-            raise ConfigError(f"{source}: {key} uses ${{{name}}} but the environment variable is not set")
-        return default
-
-    return _ENV.sub(repl, value)
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _get_dotted(tree: dict, key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _section_values(tree: dict, section: str, key: str):
-    """(entry, value) for every entry of a name -> mapping section (``encoders``, ``features``)
-    whose ``key`` holds a string."""
-    entries = tree.get(section)
-    for entry in entries.values() if isinstance(entries, dict) else ():
-        value = entry.get(key) if isinstance(entry, dict) else None
-        if isinstance(value, str) and value:
-            yield entry, value
-
-
-def _resolve_spec_paths(tree: dict, base: Path) -> None:
-    """Encoder specs naming a relative local path (``hf-audio:./models/x``) resolve like other paths."""
-    for entry, spec in _section_values(tree, "encoders", "spec"):
-        prefix, _, rest = spec.partition(":")
-        if rest.startswith(("./", "../")):
-            entry["spec"] = f"{prefix}:{os.path.normpath(base / rest)}"
-
-
-def _resolve_feature_runs(tree: dict, base: Path) -> None:
-    """``features.<name>.run`` (a run directory) resolves like other paths."""
-    for entry, run in _section_values(tree, "features", "run"):
-        if not Path(run).is_absolute():
-            entry["run"] = os.path.normpath(base / run)
-
-
-def _format_validation(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif "input" in e and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {key or '<top level>'}: {msg}")
-    return "\n".join(lines)
-
-
-def _merge(base: dict, child: dict) -> dict:
-    """``child`` over ``base``: sections merge key by key, any other value replaces."""
-    out = dict(base)
-    for key, value in child.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """One YAML file as a dict with its paths resolved against its own folder; a top-level
-    ``extends: other.yaml`` reads that file first and merges this one over it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        where = f" (extended by {seen[-1]})" if seen else ""
-        raise ConfigError(f"config file not found: {path}{where}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if tree is None:
-        raise ConfigError(f"{path}: config file is empty")
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
-    tree = _expand_env(tree, "", str(path))
-
-    base = path.resolve().parent
-    for key in _PATH_KEYS:
-        value = _get_dotted(tree, key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            _set_dotted(tree, key, os.path.normpath(base / value))
-    _resolve_spec_paths(tree, base)
-    _resolve_feature_runs(tree, base)
-    parent = tree.pop("extends", None)
-    if parent is None:
-        return tree
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends must be the path of another config file, got {parent!r}")
-    parent_path = (base / parent).resolve()
-    if parent_path in seen or parent_path == path.resolve():
-        raise ConfigError(f"{path}: extends {parent} makes a cycle")
-    return _merge(_read_tree(parent_path, (*seen, path.resolve())), tree)
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | Config, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (and the file it ``extends``), apply ``key=value`` overrides, validate,
-    resolve paths."""
-    path = Path(path)
-    tree = _read_tree(path)
+    resolve paths. A ``Config`` given instead of a file is the base the overrides apply to."""
+    if isinstance(path, Config):
+        tree, path = path.to_dict(), Path("<config>")
+    else:
+        path = Path(path)
+        tree = read_tree(path)
 
     for key, raw in parse_overrides(list(overrides or [])):
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        value = _expand_env(value, key, "command line")
-        if key in _PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
+        value = expand_env(value, key, "command line")
+        if key in PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
             value = os.path.normpath(Path.cwd() / value)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
         if key.startswith("encoders."):
-            _resolve_spec_paths(tree, Path.cwd())
+            resolve_spec_paths(tree, Path.cwd())
         if key.startswith("features"):
-            _resolve_feature_runs(tree, Path.cwd())
+            resolve_feature_runs(tree, Path.cwd())
 
     source = str(path) + (" with overrides" if overrides else "")
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, source)) from None
+        raise ConfigError(format_validation(e, source)) from None
     # The default cache_dir is relative to where the command runs; make it explicit.
     if not cfg.cache_dir.is_absolute():
         cfg.cache_dir = Path.cwd() / cfg.cache_dir
@@ -579,4 +321,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -6,43 +6,38 @@ ended. Under ``accelerate launch`` the work is sharded across processes (rank r 
 world-th missing item) and every rank writes its own shards into the same feature set.
 
 A warm re-run does not build the encoders at all: the link a run leaves per (encoder, field)
-(``features.write_link``) records the encoder config and a cheap stamp of the weights' files
-(:func:`weights_stamp`). When both still match and the store holds every current content key,
+(``FeatureStore.write_link``) records the encoder config and a cheap stamp of the weights' files
+(:func:`pipeline.content.weights_stamp`). When both still match and the store holds every current content key,
 the feature set is reported as reused without loading a model. Content keys of media files are
-remembered by file stat in ``<store>/content-keys/<data set>.json`` (:class:`ContentKeys`), so
-that check reads no item file either; a file whose stat changed is hashed again.
+remembered by file stat in the store's content-key cache (:class:`ContentKeys`), so that check
+reads no item file either; a file whose stat changed is hashed again. Before anything stored is
+reused, what training will read is checked against its checksums (``FeatureSet.check``).
 
 Every catalog row lands in exactly one count: ``computed`` (its vector was computed by this
 run), ``reused`` (already stored), ``failed`` (bad input, masked under ``on_error: skip``) or
-``absent`` (no value for the field: a mask, nothing to compute).
+``absent`` (no value for the field, or a file that does not exist: a mask, nothing to compute).
+``missing`` counts the files among ``absent`` (``data prepare`` reported them already), so they
+are told apart from inputs that failed to decode.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import Config, EncoderConfig
+from .content import (ItemSamples, SampleBatches, build_encoder, content_keys, encoder_modality, field_values,
+                      input_error, weights_hashes, weights_stamp)
 from .data import PreparedData
-from .errors import ConfigError, DataError, ModalrecError
-from .features import content_keys, link_path, write_link
-
-# A file changed within this long before its stat may change again without a new mtime (a
-# coarse filesystem clock): its key is used but not remembered ("racy git" rule).
-RACY_NS = 2_000_000_000
-_KEYS_FORMAT = 1
-_STAMP_FORMAT = 1
+from .errors import ConfigError, DataError
 
 
 @dataclass
@@ -58,10 +53,12 @@ class ExtractResult:
     computed: int = 0
     reused: int = 0
     failed: int = 0
-    absent: int = 0  # catalog rows with no value for the field (a mask, nothing to compute)
+    absent: int = 0  # catalog rows with no value for the field, or no file (a mask, nothing to compute)
+    missing: int = 0  # of ``absent``: files the catalog names that do not exist (reported by prepare)
     seconds: float = 0.0
     encoder_built: bool = True  # False: the warm path proved everything stored without loading weights
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)  # failed and missing rows, each with its kind
+    set_name: str = ""  # the feature set in the store
 
     @property
     def items_per_second(self) -> float:
@@ -71,168 +68,11 @@ class ExtractResult:
         return {
             "encoder": self.encoder, "field": self.field, "spec": self.spec, "fingerprint": self.fingerprint,
             "dim": self.dim, "items": self.items, "computed": self.computed, "reused": self.reused,
-            "failed": self.failed, "absent": self.absent, "seconds": round(self.seconds, 3),
+            "failed": self.failed, "absent": self.absent, "missing": self.missing, "set": self.set_name,
+            "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 1), "encoder_built": self.encoder_built,
             "failures": self.failures,
         }
-
-
-# ---------------------------------------------------------------- content keys, remembered by stat
-
-
-class ContentKeys:
-    """Content keys of catalog values; media file hashes are remembered by (size, mtime, ctime,
-    inode) in a small JSON sidecar, so an unchanged file is stat'ed, not read."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.files: dict[str, list] = {}
-        self.seen: set[str] = set()
-        self.unreadable: dict[str, str] = {}  # path -> why, for files that exist but cannot be read
-        self.dirty = False
-        try:
-            body = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(body, dict) and body.get("format") == _KEYS_FORMAT and isinstance(body.get("files"), dict):
-                self.files = body["files"]
-        except (OSError, ValueError):
-            pass  # no sidecar yet, or a damaged one: everything is hashed again
-
-    @classmethod
-    def for_config(cls, cfg: Config) -> ContentKeys:
-        return cls(cfg.features_dir / "content-keys" / f"{cfg.data.name}.json")
-
-    def keys(self, values: list[str | None], modality: str) -> list[str | None]:
-        if modality == "text":
-            return content_keys(values, "text")
-        now = time.time_ns()
-        out: list[str | None] = []
-        for value in values:
-            if value is None:
-                out.append(None)
-                continue
-            self.seen.add(value)
-            try:
-                st = os.stat(value)
-            except FileNotFoundError:
-                out.append(None)  # a vanished file: bad input, reported by the caller
-                continue
-            except OSError as e:
-                self.unreadable[value] = f"cannot read {value}: {e.strerror or e}"
-                out.append(None)
-                continue
-            stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            known = self.files.get(value)
-            if isinstance(known, list) and len(known) == 5 and known[:4] == stat:
-                out.append(known[4])
-                continue
-            try:
-                with open(value, "rb") as fh:  # the same key as store.content_key_file, with less copying
-                    key = hashlib.file_digest(fh, "sha256").hexdigest()
-            except FileNotFoundError:
-                key = None
-            except OSError as e:  # a directory, no permission, an I/O error: bad input too
-                self.unreadable[value] = f"cannot read {value}: {e.strerror or e}"
-                out.append(None)
-                continue
-            out.append(key)
-            if key is not None and now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
-                self.files[value] = stat + [key]
-                self.dirty = True
-            elif self.files.pop(value, None) is not None:
-                self.dirty = True
-        return out
-
-    def save(self, prune: bool = False) -> None:
-        """Write the sidecar; ``prune``: forget files not looked at since this object was made."""
-        if prune and len(self.seen) < len(self.files):
-            self.files = {k: v for k, v in self.files.items() if k in self.seen}
-            self.dirty = True
-        if not self.dirty:
-            return
-        from .store.files import is_temp, temp_is_abandoned, write_file_atomic
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"format": _KEYS_FORMAT, "files": self.files}, separators=(",", ":"))
-        write_file_atomic(self.path, body.encode("utf-8"))
-        self.dirty = False
-        for p in self.path.parent.iterdir():  # leftovers of a writer killed mid-save
-            if is_temp(p.name) and temp_is_abandoned(p, 3600.0):
-                p.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- weights stamp
-
-
-def _stat_files(path: Path) -> list[list]:
-    """(relative path, size, mtime_ns) of a weights file or of every file a model folder holds;
-    READMEs and dot-files are left out, as in the fingerprint (``encoders.weights.sha256_tree``)."""
-    if path.is_file():
-        st = path.stat()
-        return [[path.name, st.st_size, st.st_mtime_ns]]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.lower().endswith(".md"):
-                continue
-            full = Path(dirpath) / name
-            st = full.stat()
-            out.append([full.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def weights_stamp(ec: EncoderConfig) -> str | None:
-    """A cheap stand-in for the encoder's fingerprint, taken without loading anything.
-
-    Local weights (a path in the spec, a package that ships the weights, a timm weight source
-    after '@'): the stat of their files. A library architecture with ``random_init``: the spec
-    and library versions. Hub weights, hub configs and backends not built in: None, and
-    extraction builds the encoder to learn its fingerprint.
-    """
-    from encoders.base import IDENTITY_FORMAT
-    from encoders.registry import _ALIASES, parse_spec
-    from encoders.weight_sources import MAPPING_VERSION, installed_checkpoint
-    from encoders.weights import looks_local, packaged_weights
-
-    from .store import library_versions
-
-    try:
-        prefix, name = parse_spec(ec.spec)
-    except ModalrecError:
-        return None
-    prefix = _ALIASES.get(prefix, prefix)
-    if prefix not in ("timm", "hf", "hf-audio", "open_clip", "st"):
-        return None
-    parts = name.split("@") if prefix == "open_clip" else [name]
-    files: list[list] = []  # one group of (path, size, mtime_ns) per local weights path
-    architectures: list[str] = []  # built from library code (covered by the library versions)
-    for i, part in enumerate(parts):
-        packaged = packaged_weights(part if "/" in part else f"sentence-transformers/{part}") \
-            if prefix == "st" and not looks_local(part) else None
-        source = installed_checkpoint(part) if prefix == "timm" and "@" in part and not looks_local(part) else None
-        if part.startswith("hf-hub:"):
-            return None
-        if source is not None:
-            files.append(_stat_files(source))
-            architectures.append(f"{part}#mapping-{MAPPING_VERSION}")  # the conversion is library code
-        elif looks_local(part):
-            path = Path(os.path.expanduser(part)).resolve()
-            if not path.exists():
-                return None  # building the encoder gives the proper error
-            files.append(_stat_files(path))
-        elif packaged is not None:
-            files.append(_stat_files(packaged))
-        elif (prefix == "timm" and ec.random_init) or \
-                (prefix == "open_clip" and i == 0 and (ec.random_init or len(parts) > 1)):
-            architectures.append(part)  # open_clip: its own config, with local weights after the '@'
-        else:
-            return None
-    now = time.time_ns()
-    if any(now - mtime < RACY_NS for group in files for _, _, mtime in group):
-        return None  # weights written just now may be rewritten within one clock tick
-    body = {"format": _STAMP_FORMAT, "identity_format": IDENTITY_FORMAT, "versions": library_versions(),
-            "spec": ec.spec, "random_init": ec.random_init, "files": files, "architectures": architectures}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------- planning
@@ -245,8 +85,9 @@ class _Plan:
     todo: list[int]  # one catalog row per content key still to compute
     rows_of: dict[str, list[int]]  # content key -> catalog rows that share it
     reused: int
-    absent: int
-    failed: list[tuple[int, str]]  # rows that fail before computing: vanished files, recorded failures
+    absent: int  # no value (the files in ``missing`` are counted apart)
+    failed: list[tuple[int, str]]  # rows that fail before computing: unreadable files, recorded failures
+    missing: list[tuple[int, str]]  # rows naming a file that does not exist (prepare reported them)
 
 
 def _plan(fs, values: list, keys: list[str | None], on_error: str,
@@ -254,14 +95,16 @@ def _plan(fs, values: list, keys: list[str | None], on_error: str,
     rows_of: dict[str, list[int]] = {}
     absent = 0
     failed: list[tuple[int, str]] = []
+    missing_files: list[tuple[int, str]] = []
     for i, (v, k) in enumerate(zip(values, keys)):
         if k is not None:
             rows_of.setdefault(k, []).append(i)
         elif v is None:
             absent += 1
+        elif unreadable and v in unreadable:
+            failed.append((i, unreadable[v]))  # a file that exists but cannot be read: bad input
         else:
-            # a file that vanished (or cannot be read) is bad input, not an absent value
-            failed.append((i, (unreadable or {}).get(v) or f"file not found: {v}"))
+            missing_files.append((i, f"file not found: {v}"))
     unique = list(rows_of)
     retry = on_error == "error"  # a policy of "error" wants every item: earlier failures are tried again
     missing = {unique[j] for j in fs.missing(unique, retry_failed=retry)}
@@ -275,27 +118,16 @@ def _plan(fs, values: list, keys: list[str | None], on_error: str,
         else:
             reused += len(rows)
     failed.sort()
-    return _Plan(todo, rows_of, reused, absent, failed)
+    return _Plan(todo, rows_of, reused, absent, failed, missing_files)
 
 
-def _values(prepared: PreparedData, field_name: str) -> list:
-    items = prepared.items
-    if getattr(items, "_indices", None) is not None:  # a selection of rows: go through datasets
-        return list(items[field_name])
-    return items.data.column(field_name).to_pylist()  # straight from the Arrow column: fast
-
-
-def _failure_records(failed: list[tuple[int, str]], item_ids: list, values: list) -> list[dict[str, str]]:
-    return [{"item_id": item_ids[r], "row": r, "value": values[r], "reason": why} for r, why in failed]
-
-
-def _input_error(name: str, field_name: str, row: int, reason: str, item_ids: list, values: list,
-                 modality: str, computed: int) -> DataError:
-    where = "" if modality == "text" or str(values[row]) in reason else f" (file {values[row]})"
-    return DataError(
-        f"encoders.{name}: item {item_ids[row]!r} (catalog row {row}), field {field_name!r}{where}: {reason}. "
-        f"Fix the input or set encoders.{name}.on_error=skip to mask it; "
-        f"{computed} items computed before it are kept in the store")
+def _failure_records(failed: list[tuple[int, str]], item_ids: list, values: list,
+                     missing: list[tuple[int, str]] = ()) -> list[dict[str, str]]:
+    """One record per row without a vector because of its input: ``kind`` "failed" (it could
+    not be read or decoded) or "missing" (its file does not exist), sorted by row."""
+    rows = [(r, why, "failed") for r, why in failed] + [(r, why, "missing") for r, why in missing]
+    return [{"item_id": item_ids[r], "row": r, "value": values[r], "reason": why, "kind": kind}
+            for r, why, kind in sorted(rows)]
 
 
 def _record_failed(fs, keys: list, values: list, failed: list[tuple[int, str]]) -> None:
@@ -313,57 +145,11 @@ def _record_failed(fs, keys: list, values: list, failed: list[tuple[int, str]]) 
 # ---------------------------------------------------------------- computing
 
 
-class _Items(Dataset):
-    """Raw catalog values -> encoder inputs, in DataLoader workers.
-
-    Bad input does not kill the worker: it comes back as a failure record for the main
-    process to handle by the field's ``on_error`` policy.
-    """
-
-    def __init__(self, encoder, values: list[str], rows: list[int]):
-        self.preprocess = encoder.preprocess
-        self.values = values
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        from encoders import EncoderInputError
-
-        try:
-            return self.rows[i], self.preprocess(self.values[i]), None
-        except EncoderInputError as e:
-            return self.rows[i], None, str(e)
-
-
-class _Collate:
-    def __init__(self, encoder):
-        self.collate = encoder.collate
-
-    def __call__(self, samples):
-        ok = [(row, sample) for row, sample, err in samples if err is None]
-        failed = [(row, err) for row, _, err in samples if err is not None]
-        batch = self.collate([s for _, s in ok]) if ok else None
-        return [row for row, _ in ok], batch, failed
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _modality_of(prepared: PreparedData, name: str, ec: EncoderConfig) -> str:
-    modalities = {m for f in ec.fields for m, names in prepared.fields.items() if f in names}
-    unknown = [f for f in ec.fields if not any(f in names for names in prepared.fields.values())]
-    if unknown:
-        have = {m: names for m, names in prepared.fields.items() if names}
-        raise ConfigError(f"encoders.{name}.fields: {unknown[0]!r} is not a catalog field (fields: {have})")
-    if len(modalities) != 1:
-        raise ConfigError(f"encoders.{name}.fields mixes modalities {sorted(modalities)}; one encoder, one modality")
-    return modalities.pop()
 
 
 def _warm_up(preprocess, value) -> None:
@@ -387,10 +173,10 @@ def _encode(encoder, fs, values: list, keys: list, rows: list[int], rows_of: dic
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers tokenize one at a time
         _warm_up(encoder.preprocess, values[rows[0]])
     loader = DataLoader(
-        _Items(encoder, [values[i] for i in rows], rows),
+        ItemSamples(encoder, [values[i] for i in rows], rows),
         batch_size=cfg.extract.batch_size,
         num_workers=workers,
-        collate_fn=_Collate(encoder),
+        collate_fn=SampleBatches(encoder),
         pin_memory=device.type == "cuda",
     )
     pending_keys: list[str] = []
@@ -436,19 +222,23 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
     """Compute the missing rows of one feature set (this rank's share); every rank returns the
     merged counts of all ranks."""
     started = time.perf_counter()
-    values = _values(prepared, field_name)
-    item_ids = _values(prepared, "item_id")
+    values = field_values(prepared, field_name)
+    item_ids = field_values(prepared, "item_id")
     keys = content_keys(values, encoder.modality) if keys is None else keys
     fs = store.open_set(encoder.fingerprint, field_name, dim=encoder.dim, dtype=cfg.extract.storage_dtype,
                         spec=ec.spec, identity=encoder.identity())
+    main = accelerator.is_main_process
+    if main:  # rows of damaged files become work for this run, before any rank plans
+        fs.check(keys)
+    accelerator.wait_for_everyone()
     plan = _plan(fs, values, keys, ec.on_error, unreadable)
     accelerator.wait_for_everyone()  # every rank has planned from the same store state before any writes
-    main = accelerator.is_main_process
     result = ExtractResult(name, field_name, ec.spec, encoder.fingerprint, encoder.dim, len(values),
-                           reused=plan.reused if main else 0, absent=plan.absent)
-    if plan.failed and ec.on_error == "error":  # the same on every rank: all stop before computing
-        row, reason = plan.failed[0]
-        raise _input_error(name, field_name, row, reason, item_ids, values, encoder.modality, 0)
+                           reused=plan.reused if main else 0, absent=plan.absent + len(plan.missing),
+                           missing=len(plan.missing), set_name=fs.name)
+    if (plan.failed or plan.missing) and ec.on_error == "error":  # the same on every rank: all stop first
+        row, reason = min(plan.failed + plan.missing)
+        raise input_error(name, field_name, row, reason, item_ids, values, encoder.modality, 0)
 
     mine = plan.todo[accelerator.process_index :: accelerator.num_processes]
     computed, failures = 0, []
@@ -458,117 +248,112 @@ def extract_field(store, encoder, name: str, ec: EncoderConfig, field_name: str,
     if ec.on_error == "skip":
         _record_failed(fs, keys, values, (plan.failed if main else []) + failures)
     result.computed = computed
-    result.failures = _failure_records(sorted((plan.failed if main else []) + failures), item_ids, values)
-    result.failed = len(result.failures)
+    result.failures = _failure_records((plan.failed if main else []) + failures, item_ids, values,
+                                       plan.missing if main else [])
+    result.failed = sum(f["kind"] == "failed" for f in result.failures)
     result.seconds = time.perf_counter() - started
     result = _merge_ranks(result, accelerator)
     if result.failed and ec.on_error == "error":
-        first = result.failures[0]
-        raise _input_error(name, field_name, first["row"], first["reason"], item_ids, values, encoder.modality,
+        first = next(f for f in result.failures if f["kind"] == "failed")
+        raise input_error(name, field_name, first["row"], first["reason"], item_ids, values, encoder.modality,
                            result.computed)
     return result
 
 
 def _reuse(store, cfg: Config, name: str, ec: EncoderConfig, field_name: str, values: list,
            keys: list[str | None], stamp: str | None, item_ids: list,
-           unreadable: dict[str, str] | None = None) -> ExtractResult | None:
-    """The warm path: a result without building the encoder, or None when that cannot be proved."""
-    from .store import FeatureSet
-    from .store.keys import set_name
-
+           unreadable: dict[str, str] | None = None, check: bool = True) -> ExtractResult | None:
+    """The warm path: a result without building the encoder, or None when that cannot be proved.
+    ``check``: verify what training will read first (one process does it for all)."""
     started = time.perf_counter()
     if stamp is None:
         return None
     try:
-        link = json.loads(link_path(cfg, name, field_name).read_text(encoding="utf-8"))
-        if link.get("stamp") != stamp or link.get("encoder") != ec.model_dump(mode="json"):
+        link = store.read_link(cfg.data.name, f"{name}.{field_name}")
+        if link is None or link.get("stamp") != stamp or link.get("encoder") != ec.model_dump(mode="json"):
             return None
-        fs = FeatureSet(store.root / set_name(link["fingerprint"], field_name))
-    except (OSError, ValueError, KeyError, TypeError, DataError):
+        fs = store.linked_set(link)
+    except DataError:
         return None
-    if fs.fingerprint != link["fingerprint"] or fs.dtype != cfg.extract.storage_dtype:
+    if fs is None or fs.dtype != cfg.extract.storage_dtype:
         return None
+    if check:  # a damaged view is rebuilt here; rows of a damaged shard become work (the plan sees them)
+        fs.check(keys)
     plan = _plan(fs, values, keys, ec.on_error, unreadable)
-    if plan.todo or (plan.failed and ec.on_error == "error"):
+    if plan.todo or ((plan.failed or plan.missing) and ec.on_error == "error"):
         return None
     return ExtractResult(name, field_name, ec.spec, fs.fingerprint, fs.dim, len(values), reused=plan.reused,
-                         failed=len(plan.failed), absent=plan.absent, encoder_built=False,
-                         failures=_failure_records(plan.failed, item_ids, values),
-                         seconds=time.perf_counter() - started)
+                         failed=len(plan.failed), absent=plan.absent + len(plan.missing), missing=len(plan.missing),
+                         encoder_built=False, failures=_failure_records(plan.failed, item_ids, values, plan.missing),
+                         seconds=time.perf_counter() - started, set_name=fs.name)
 
 
-def extract(cfg: Config, prepared: PreparedData, accelerator=None) -> list[ExtractResult]:
-    """Run every encoder of ``cfg.encoders`` over its fields; returns one result per feature set."""
+def extract(cfg: Config, prepared: PreparedData, accelerator=None,
+            only: list[str] | None = None) -> list[ExtractResult]:
+    """Run every encoder of ``cfg.encoders`` (or those named in ``only``) over its fields;
+    returns one result per feature set."""
     from accelerate import Accelerator
-
-    import encoders
 
     from .store import FeatureStore
 
     if not cfg.encoders:
         raise ConfigError("no encoders configured: add an `encoders:` section (see README, Feature extraction)")
+    unknown = [n for n in only or [] if n not in cfg.encoders]
+    if unknown:
+        raise ConfigError(f"--encoder {unknown[0]!r}: not in `encoders` ({', '.join(cfg.encoders)})")
+    chosen = {n: ec for n, ec in cfg.encoders.items() if not only or n in only}
     accelerator = accelerator or Accelerator()
     if cfg.extract.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    store = FeatureStore(cfg.features_dir)
-    key_cache = ContentKeys.for_config(cfg)
-    item_ids = _values(prepared, "item_id")
+    store = FeatureStore.from_config(cfg)
+    key_cache = store.content_keys(cfg.data.name)
+    hashes = weights_hashes(cfg)
+    item_ids = field_values(prepared, "item_id")
+    main = accelerator.is_main_process
     results = []
-    for name, ec in cfg.encoders.items():
-        modality = _modality_of(prepared, name, ec)
-        stamp = weights_stamp(ec)  # taken before any weights are read: a later change is seen next run
-        values = {f: _values(prepared, f) for f in ec.fields}
-        keys = {f: key_cache.keys(values[f], modality) for f in ec.fields}
+    for name, ec in chosen.items():
+        modality = encoder_modality(prepared, name, ec)
+        stamp = weights_stamp(ec, hashes)  # taken before the model loads: a later change is seen next run
         if accelerator.is_main_process:
+            hashes.save()
+        values = {f: field_values(prepared, f) for f in ec.fields}
+        keys = {f: key_cache.keys(values[f], modality) for f in ec.fields}
+        if main:
             key_cache.save()
-        warm = [_reuse(store, cfg, name, ec, f, values[f], keys[f], stamp, item_ids, key_cache.unreadable)
+        warm = [_reuse(store, cfg, name, ec, f, values[f], keys[f], stamp, item_ids, key_cache.unreadable, main)
                 for f in ec.fields]
         if _everywhere(all(r is not None for r in warm), accelerator):
             results.extend(warm)
             continue
-        encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
-                                  random_init=ec.random_init, **ec.options)
+        encoder = build_encoder(cfg, name, modality)
         for field_name in ec.fields:
-            res = extract_field(store, encoder, name, ec, field_name, prepared, cfg, accelerator, keys[field_name],
-                                key_cache.unreadable)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                write_link(cfg, name, field_name, encoder.fingerprint, stamp=stamp)
-                record_timing(cfg, res, accelerator)
+            # leased from before the set exists until its link is written: gc keeps it meanwhile
+            with store.lease(encoder.fingerprint, field_name, cfg.extract.storage_dtype, "extract"):
+                res = extract_field(store, encoder, name, ec, field_name, prepared, cfg, accelerator,
+                                    keys[field_name], key_cache.unreadable)
+                accelerator.wait_for_everyone()
+                if main:
+                    store.write_link(cfg.data.name, f"{name}.{field_name}", fingerprint=res.fingerprint,
+                                     field=field_name, set_name=res.set_name, dim=res.dim,
+                                     dtype=cfg.extract.storage_dtype, encoder=ec.model_dump(mode="json"), stamp=stamp)
+                    record_timing(store, cfg, res, accelerator)
             results.append(res)
         del encoder
-    if accelerator.is_main_process:
-        key_cache.save(prune=True)
+    if main:
+        key_cache.save(prune=only is None or set(only) >= set(cfg.encoders))
     return results
 
 
-def timing_path(cfg: Config, fingerprint: str, field_name: str) -> Path:
-    from .store.keys import set_name
-
-    return cfg.features_dir / "timings" / f"{set_name(fingerprint, field_name)}.json"
-
-
-def record_timing(cfg: Config, res: ExtractResult, accelerator) -> None:
+def record_timing(store, cfg: Config, res: ExtractResult, accelerator) -> None:
     """Remember how fast a feature set was computed, for cost reports (``modalrec compare``) that
-    run after the features are stored. The record of the largest computation is kept: a re-run
-    that computed a handful of changed items says little about the speed."""
+    run after the features are stored."""
     if res.computed <= 0:
         return
-    path = timing_path(cfg, res.fingerprint, res.field)
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("computed", 0) > res.computed:
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
-    body = {"encoder": res.encoder, "field": res.field, "spec": res.spec, "computed": res.computed,
-            "seconds": round(res.seconds, 4), "items_per_second": res.computed / max(res.seconds, 1e-9),
-            "device": str(accelerator.device), "processes": accelerator.num_processes,
-            "batch_size": cfg.extract.batch_size, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    store.record_timing(res.fingerprint, res.field, {
+        "encoder": res.encoder, "field": res.field, "spec": res.spec, "computed": res.computed,
+        "seconds": round(res.seconds, 4), "items_per_second": res.computed / max(res.seconds, 1e-9),
+        "device": str(accelerator.device), "processes": accelerator.num_processes,
+        "batch_size": cfg.extract.batch_size, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def _everywhere(ok: bool, accelerator) -> bool:
@@ -590,6 +375,6 @@ def _merge_ranks(res: ExtractResult, accelerator) -> ExtractResult:
     res.computed = sum(p.computed for p in parts)
     res.reused = sum(p.reused for p in parts)  # counted by the main process only
     res.failures = sorted((f for p in parts for f in p.failures), key=lambda f: f["row"])
-    res.failed = len(res.failures)
+    res.failed = sum(f["kind"] == "failed" for f in res.failures)
     res.seconds = max(p.seconds for p in parts)
     return res

@@ -5,60 +5,28 @@ item once (DataLoader workers; the encoder's ``on_error`` policy decides what a 
 For cached top-k it also fills the feature store with the hidden states entering the first
 trained block, keyed by the encoder's fingerprint and the cut, so later runs reuse them.
 ``export_finetuned`` writes the catalog as a finished run's best encoders see it back to the
-store: "fine-tuned features" that frozen models read through ``features: {x: {run: RUN_DIR}}``.
+store: "fine-tuned features" that frozen models read through ``features: {x: {run: RUN_DIR}}``,
+recorded as store links (kind ``finetuned``, named by the run's best weights) like extracted ones.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import Config
+from .content import build_encoder, catalog_keys, encoder_modality, field_values, preprocess_items
 from .data import PreparedData
 from .errors import DataError
-
-FEATURES_FILE = "finetuned_features.json"
-
-
-def _keep(samples):
-    return samples
-
-
-def preprocess_items(encoder, values: list, name: str, field: str, item_ids: list, on_error: str,
-                     num_workers: int, progress: bool = True) -> list:
-    """Every item's preprocessed sample (None: no value, or unreadable with ``on_error: skip``)."""
-    from .extract import _input_error, _Items
-
-    rows = [i for i, v in enumerate(values) if v is not None]
-    out: list = [None] * len(values)
-    workers = num_workers if len(rows) > 64 else 0
-    if workers:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loader = DataLoader(_Items(encoder, [values[i] for i in rows], rows), batch_size=64, num_workers=workers,
-                        collate_fn=_keep)
-    done = 0
-    for batch in tqdm(loader, desc=f"preprocess {name}:{field}", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
-        for row, sample, err in batch:
-            if err is not None and on_error == "error":
-                raise _input_error(name, field, row, err, item_ids, values, encoder.modality, done)
-            out[row] = sample
-            done += 1
-    return out
 
 
 def load_live(cfg: Config, data: PreparedData, accelerator=None) -> dict:
     """``{encoder name: LiveSource}`` for ``model.item_tower.live`` (empty when there is none)."""
-    import encoders
-
-    from .extract import ContentKeys, _modality_of, _values
     from .models.live import LiveSource
 
     tower = cfg.model.item_tower if cfg.model is not None else None
@@ -66,18 +34,17 @@ def load_live(cfg: Config, data: PreparedData, accelerator=None) -> dict:
         return {}
     if cfg.extract.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    item_ids = _values(data, "item_id")
+    item_ids = field_values(data, "item_id")
     out = {}
     for name, live in tower.live.items():
         ec = cfg.encoders[name]
         field = live.field or ec.fields[0]
-        modality = _modality_of(data, name, ec)
-        encoder = encoders.create(ec.spec, modality=modality, offline=cfg.extract.offline or None,
-                                  random_init=ec.random_init, **ec.options)
-        values = _values(data, field)
+        modality = encoder_modality(data, name, ec)
+        encoder = build_encoder(cfg, name, modality)
+        values = field_values(data, field)
         inputs = preprocess_items(encoder, values, name, field, item_ids, ec.on_error, cfg.extract.num_workers,
                                   progress=cfg.train.progress)
-        keys = ContentKeys.for_config(cfg).keys(values, modality)
+        keys = catalog_keys(cfg, values, modality)
         src = LiveSource(encoder, field, live.policy, inputs, keys, live.gradient_checkpointing, live.cached)
         if live.cached:
             src.hidden = cached_hidden(cfg, name, src, accelerator)
@@ -95,7 +62,7 @@ def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor
 
     from .store import FeatureStore
 
-    k = int(src.policy.split(":", 1)[1])
+    k = src.policy.k
     enc = src.encoder
     enc.set_trainable(src.policy)  # the cut must see the same blocks the policy trains
     fingerprint = hashlib.sha256(f"{enc.fingerprint}:hidden-below-top-{k}".encode()).hexdigest()
@@ -115,7 +82,7 @@ def cached_hidden(cfg: Config, name: str, src, accelerator=None) -> torch.Tensor
     # the widest item (longest text) fixes the padded shape every item is stored in
     widest = max(rows, key=lambda i: sum(v.numel() for v in src.inputs[i].values() if torch.is_tensor(v)))
     shape = compute([widest], check=True).shape[1:]  # also proves nothing below the cut is random
-    store = FeatureStore(cfg.features_dir)
+    store = FeatureStore.from_config(cfg)
     fs = store.open_set(fingerprint, f"{src.field}.hidden", dim=int(np.prod(shape)),
                         spec=f"{cfg.encoders[name].spec} (hidden below top {k})",
                         identity={"encoder": enc.identity(), "hidden_below_top": k, "shape": list(shape)})
@@ -151,15 +118,16 @@ def _pad_to(x: torch.Tensor, shape) -> torch.Tensor:
 
 def export_finetuned(cfg: Config, data: PreparedData, model: torch.nn.Module, run_dir: Path) -> dict:
     """Write each live encoder's catalog vectors (from ``model``'s current weights: the trainer
-    loads the best ones first) to the store; record them in ``run_dir/finetuned_features.json``."""
+    loads the best ones first) to the store, each recorded as a link named by the run's best
+    weights (``finetuned_source``), which ``features: {x: {run: RUN_DIR}}`` resolves."""
     from .models.live import live_towers
     from .store import FeatureStore
 
     towers = live_towers(model)
     if not towers:
         return {}
-    weights = hashlib.sha256((run_dir / "best.safetensors").read_bytes()).hexdigest()
-    store = FeatureStore(cfg.features_dir)
+    weights = _weights_sha256(run_dir)
+    store = FeatureStore.from_config(cfg)
     record = {}
     for tower in towers:
         tower.eval()
@@ -169,45 +137,62 @@ def export_finetuned(cfg: Config, data: PreparedData, model: torch.nn.Module, ru
             fingerprint = hashlib.sha256(f"{enc.fingerprint}:finetuned:{weights}".encode()).hexdigest()
             vectors = tower.encode_catalog(name).cpu().numpy()
             mask = getattr(tower, f"mask_{name}").cpu().numpy()
-            keys = _keys(cfg, data, name, field)
-            fs = store.open_set(fingerprint, field, dim=vectors.shape[1], spec=f"{cfg.encoders[name].spec} "
-                                f"fine-tuned in {run_dir.name}",
-                                identity={"encoder": enc.identity(), "finetuned_weights_sha256": weights})
-            uniq: dict[str, int] = {}
-            for i, key in enumerate(keys):
-                if key is not None and mask[i]:
-                    uniq.setdefault(key, i)
-            todo = [key for key, ok in zip(uniq, fs.present(list(uniq))) if not ok]
-            if todo:
-                fs.write(todo, vectors[[uniq[key] for key in todo]])
+            keys, modality = _keys(cfg, data, name, field)
+            with store.lease(fingerprint, field, purpose="export"):  # until linked: gc keeps it
+                fs = store.open_set(fingerprint, field, dim=vectors.shape[1], spec=f"{cfg.encoders[name].spec} "
+                                    f"fine-tuned in {run_dir.name}",
+                                    identity={"encoder": enc.identity(), "finetuned_weights_sha256": weights})
+                uniq: dict[str, int] = {}
+                for i, key in enumerate(keys):
+                    if key is not None and mask[i]:
+                        uniq.setdefault(key, i)
+                todo = [key for key, ok in zip(uniq, fs.present(list(uniq))) if not ok]
+                if todo:
+                    fs.write(todo, vectors[[uniq[key] for key in todo]])
+                store.write_link(cfg.data.name, finetuned_source(weights, name), kind="finetuned",
+                                 fingerprint=fingerprint, field=field, set_name=fs.name, encoder=name,
+                                 modality=modality, spec=cfg.encoders[name].spec,
+                                 run=str(Path(run_dir).resolve()))
             record[name] = {"fingerprint": fingerprint, "field": field, "spec": cfg.encoders[name].spec}
-    (run_dir / FEATURES_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
 
 
-def _keys(cfg: Config, data: PreparedData, name: str, field: str) -> list:
-    from .extract import ContentKeys, _modality_of, _values
+def finetuned_source(weights_sha256: str, encoder: str) -> str:
+    """The link source of an encoder fine-tuned into these best weights."""
+    return f"{weights_sha256[:32]}.{encoder}"
 
-    return ContentKeys.for_config(cfg).keys(_values(data, field), _modality_of(data, name, cfg.encoders[name]))
+
+def _weights_sha256(run_dir: Path) -> str:
+    from .train.run import Run
+
+    return hashlib.sha256(Run(run_dir).best_path.read_bytes()).hexdigest()
+
+
+def _keys(cfg: Config, data: PreparedData, name: str, field: str) -> tuple[list, str]:
+    """(content keys of the catalog's ``field``, its modality)."""
+    modality = encoder_modality(data, name, cfg.encoders[name])
+    return catalog_keys(cfg, field_values(data, field), modality), modality
 
 
 def finetuned_set(cfg: Config, data: PreparedData, feature: str, store):
-    """(feature set, catalog keys) for ``features.<feature>: {run: RUN_DIR, encoder: NAME}``."""
+    """(feature set, catalog keys) for ``features.<feature>: {run: RUN_DIR, encoder: NAME}``: the
+    link the run left, found by its best weights."""
     src = cfg.features[feature]
-    path = Path(src.run) / FEATURES_FILE
-    if not path.is_file():
-        raise DataError(f"features.{feature}.run: {src.run} holds no fine-tuned features ({FEATURES_FILE}); "
-                        "it must be a finished end-to-end run (model.item_tower.live)")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if src.encoder not in record:
-        raise DataError(f"features.{feature}.encoder: run {src.run} fine-tuned {sorted(record)}, not {src.encoder!r}")
-    entry = record[src.encoder]
-    matches = store.find(fingerprint=entry["fingerprint"], field=entry["field"])
-    if not matches:
+    try:
+        weights = _weights_sha256(src.run)
+    except FileNotFoundError:
+        weights = None
+    link = None if weights is None else store.read_link(cfg.data.name, finetuned_source(weights, src.encoder),
+                                                        kind="finetuned")
+    if link is None:
+        raise DataError(f"features.{feature}.run: {src.run} holds no fine-tuned features of encoder "
+                        f"{src.encoder!r} for {cfg.data.name}; it must be a finished end-to-end run "
+                        "(model.item_tower.live) of that encoder")
+    fs = store.linked_set(link)
+    if fs is None:
         raise DataError(f"features.{feature}: the fine-tuned features of {src.run} are gone from the store "
                         f"{cfg.features_dir} (removed by `store gc`?); train that run again")
-    run_cfg_path = Path(src.run) / "config.yaml"
-    from .config import load_config
-
-    run_cfg = load_config(run_cfg_path)
-    return matches[0], _keys(run_cfg, data, src.encoder, entry["field"])
+    if not any(link["field"] in names for names in data.fields.values()):
+        raise DataError(f"features.{feature}: run {src.run} fine-tuned field {link['field']!r}, which the catalog "
+                        f"of {cfg.data.name} does not have ({data.fields})")
+    return fs, catalog_keys(cfg, field_values(data, link["field"]), link["modality"])

@@ -96,7 +96,7 @@ def test_demo_config_end_to_end(tmp_path):
 
 def test_commands_reprepare_when_input_files_change(tiny_config, tiny_data):
     """`train`/`extract` reuse prepared data only while the raw files are unchanged."""
-    from pipeline.cli import _prepared_for
+    from pipeline.api import prepared as _prepared_for
     from pipeline.config import load_config
 
     cfg = load_config(tiny_config)

@@ -26,8 +26,7 @@ def modalrec(*args):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """Run the grid once: (overrides, report, report_dir)."""
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
 
     tmp = tmp_path_factory.mktemp("compare")
     vit, bert = fx.build_timm_vit(tmp / "vit"), fx.build_hf_bert(tmp / "bert")
@@ -41,7 +40,7 @@ def grid(tmp_path_factory):
         "compare.finetuned_features=[top-k:1]", "compare.html=true",
         "compare.arms={bad-key: {model.two_tower.nope: 1}}",
     ]
-    report = run_compare(DEMO, overrides, _prepared_for)
+    report = run_compare(DEMO, overrides)
     return overrides, report, tmp / "compare" / "demo" / "report"
 
 
@@ -153,6 +152,56 @@ def test_significance_matches_scipy(grid):
     assert all(h2 >= h1 for (_, h1), (_, h2) in zip(family, family[1:]))
 
 
+def test_item_slices_per_arm(grid, capsys):
+    """Overall, warm, cold-start and long-tail R@20 / N@20 and coverage@20 per arm: in the JSON
+    (mean ± std of the seeds' results), in report.md's table, paired on the tail slice like the
+    cold one, and as cold and tail columns of the CLI summary."""
+    from safetensors.numpy import load_file
+
+    from pipeline.summaries import print_compare as _print_compare
+    from pipeline.compare.formats import mean_pm
+
+    _, report, out = grid
+    arms = _arms(report)
+    assert report["slice_metrics"] == ["recall@20", "ndcg@20"] and report["long_tail_share"] == 0.2
+    md = (out / "report.md").read_text(encoding="utf-8")
+    section = md.split("\n## Item slices\n")[1].split("\n## ")[0]
+    keys = [f"{p}{m}" for p in ("", "warm/", "cold/", "tail/") for m in ("recall@20", "ndcg@20")] + ["coverage@20"]
+    base_tail = np.mean([load_file(f"{r['run_dir']}/per_user.safetensors")["tail/recall@20"]
+                         for r in arms["frozen-fused"]["runs"]], axis=0)
+    for name, a in arms.items():
+        if a["status"] != "ok":
+            assert f"| {name} |" not in section
+            continue
+        results = [json.loads(open(f"{r['run_dir']}/result.json").read())["test"] for r in a["runs"]]
+        for key in keys:
+            seeds = [r[key] for r in results]
+            assert a["test"][key] == pytest.approx({"mean": np.mean(seeds), "std": np.std(seeds, ddof=1)}), key
+        assert 0 < a["test"]["coverage@20"]["mean"] <= 1
+        assert f"| {name} | " + " | ".join(mean_pm(a["test"][key]) for key in keys) + " |" in section
+        if name == "frozen-fused":
+            continue
+        ours = np.mean([load_file(f"{r['run_dir']}/per_user.safetensors")["tail/recall@20"] for r in a["runs"]], axis=0)
+        keep = ~np.isnan(ours) & ~np.isnan(base_tail)
+        tail = a["tail_vs_baseline"]
+        assert tail["n"] == int(keep.sum()) > 0
+        assert tail["diff"] == pytest.approx(float(np.mean(ours[keep] - base_tail[keep])), abs=1e-12)
+        if np.any(ours[keep] != base_tail[keep]):
+            assert tail["p_ttest"] == pytest.approx(stats.ttest_rel(ours[keep], base_tail[keep]).pvalue, rel=1e-9)
+    v = report["verdict"]
+    assert {v["cold"], v["tail"], v["coverage"]} <= set(arms)
+    assert v["tail"] == max((a["test"]["tail/recall@20"]["mean"], n) for n, a in arms.items() if a["status"] == "ok")[1]
+
+    _print_compare(report)
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["arm", "test", "recall@20", "cold", "tail"]
+    for name, a in arms.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        if a["status"] == "ok":
+            assert row.split()[4:6] == [f"{a['test'][f'{p}/recall@20']['mean']:.4f}" for p in ("cold", "tail")]
+
+
 def test_paired_test_edge_cases():
     from pipeline.compare.stats import holm, paired_test
 
@@ -174,8 +223,7 @@ def test_paired_test_edge_cases():
 
 def test_resume_skips_finished_arms(grid, monkeypatch):
     import pipeline.train as train_module
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
 
     overrides, first, _ = grid
     calls = []
@@ -186,7 +234,7 @@ def test_resume_skips_finished_arms(grid, monkeypatch):
         return real(cfg, data, resume=resume, **kw)
 
     monkeypatch.setattr(train_module, "run_training", spy)
-    again = run_compare(DEMO, overrides, _prepared_for)
+    again = run_compare(DEMO, overrides)
     # finished arms are reused; only the failed ones are tried again (and fail again)
     assert calls == [("finetuned-image-top9", 1, False)]
     assert all(r["status"] == "reused" for a in again["arms"] if a["status"] == "ok" for r in a["runs"])
@@ -201,7 +249,7 @@ def test_resume_skips_finished_arms(grid, monkeypatch):
     changed = stamps / "id-only-s1.json"
     changed.write_text(changed.read_text().replace('"hash": "', '"hash": "0'))
     calls.clear()
-    third = run_compare(DEMO, overrides, _prepared_for)
+    third = run_compare(DEMO, overrides)
     assert sorted(calls) == [("finetuned-image-top9", 1, False), ("frozen-text", 2, True), ("id-only", 1, False)]
     for a, b in zip(first["arms"], third["arms"]):
         if a["status"] == "ok":  # the same seed and config give the same numbers
@@ -225,8 +273,7 @@ def test_single_arms_reproduce_with_modalrec_train(grid):
 
 
 def test_cli_dry_run_and_config_errors(tmp_path):
-    from pipeline.cli import _prepared_for
-    from pipeline.compare import run_compare
+    from pipeline.api import compare as run_compare
     from pipeline.errors import ConfigError
 
     base = [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw"]
@@ -253,5 +300,5 @@ def test_cli_dry_run_and_config_errors(tmp_path):
                        ("compare.arms={frozen-text: {train.lr: 0.1}}", ("compare.arms", "frozen-text")),
                        ("compare.seedz=[1]", ("compare.seedz", "unknown key"))):
         with pytest.raises(ConfigError) as e:
-            run_compare(DEMO, [*base, bad], _prepared_for, dry_run=True)
+            run_compare(DEMO, [*base, bad], dry_run=True)
         assert all(w in str(e.value) for w in words), (bad, str(e.value))

@@ -152,3 +152,104 @@ def test_per_user_values_match_reference_and_average_to_evaluate():
             assert values["cold/recall@10"][row] == pytest.approx(reference(order, cold, 10)["recall@10"], abs=1e-6)
         else:
             assert np.isnan(values["cold/recall@10"][row])
+
+
+def tail_by_definition(train_items, n_items, share):
+    """The long tail written out item by item: trained items, least popular first (ties by
+    index), taken while their interactions stay within ``share`` of all training interactions."""
+    counts = {i: int(np.sum(train_items == i)) for i in range(n_items)}
+    total = sum(counts.values())
+    tail, running = set(), 0
+    for i in sorted((i for i in counts if counts[i] > 0), key=lambda i: (counts[i], i)):
+        running += counts[i]
+        if running > share * total + 1e-9:
+            break
+        tail.add(i)
+    return tail
+
+
+def test_long_tail_items_hand_computed():
+    from pipeline.eval import long_tail_items
+
+    # training counts: item 0: 5, 1: 1, 2: 2, 3: never, 4: 1, 5: 3, 6: never (12 interactions)
+    items = np.array([0] * 5 + [1] + [2] * 2 + [4] + [5] * 3)
+    # least popular first: 1 (1), 4 (1), 2 (2), 5 (3), 0 (5); cumulative 1, 2, 4, 7, 12
+    assert np.flatnonzero(long_tail_items(items, 7, 0.25)).tolist() == [1, 4]  # 2 <= 3.0 < 4
+    assert np.flatnonzero(long_tail_items(items, 7, 0.34)).tolist() == [1, 2, 4]  # 4 <= 4.08
+    assert np.flatnonzero(long_tail_items(items, 7, 1 / 12)).tolist() == [1]  # a tie: the lower index
+    assert np.flatnonzero(long_tail_items(items, 7, 7 / 12)).tolist() == [1, 2, 4, 5]  # exactly 7 of 12
+    assert not long_tail_items(items, 7, 0.05).any()  # less than the least popular item's share
+    for share in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="long-tail share"):
+            long_tail_items(items, 7, share)
+    rng = np.random.default_rng(4)
+    skewed = rng.zipf(1.6, size=500) % 60
+    for share in (0.1, 0.2, 0.5, 0.9):
+        assert set(np.flatnonzero(long_tail_items(skewed, 70, share)).tolist()) == tail_by_definition(skewed, 70, share)
+
+
+def test_tail_slice_matches_reference_and_per_user():
+    rng = np.random.default_rng(5)
+    n_users, n_items = 60, 40
+    train, valid, test = random_split(rng, n_users, n_items)
+    scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    score_fn = lambda users: torch.as_tensor(scores)[users]  # noqa: E731
+    ev = Evaluator(n_users, n_items, train, test, also_mask=valid, ks=(5, 10), batch_users=9, long_tail_share=0.3)
+    tail = tail_by_definition(train[1], n_items, 0.3)
+    assert set(np.flatnonzero(ev.tail_items).tolist()) == tail and 0 < len(tail) < n_items
+    totals, n = {}, 0
+    for u in ev.users:
+        truth = set(test[1][test[0] == u]) & tail
+        if not truth:
+            continue
+        masked = set(train[1][train[0] == u]) | set(valid[1][valid[0] == u])
+        order = [i for i in np.argsort(-scores[u], kind="stable") if i not in masked]
+        for k in (5, 10):
+            for name, value in reference(order, truth, k).items():
+                totals[name] = totals.get(name, 0.0) + value
+        n += 1
+    ours = ev.evaluate(score_fn, cold_slice=False)
+    assert ours["tail/users"] == n > 0 and "cold/users" not in ours  # the tail slice needs no cold slice
+    for name, value in totals.items():
+        assert ours[f"tail/{name}"] == pytest.approx(value / n, abs=1e-6), name
+    _, values = ev.per_user(score_fn)
+    assert int((~np.isnan(values["tail/recall@10"])).sum()) == n
+    assert np.nanmean(values["tail/ndcg@10"]) == pytest.approx(ours["tail/ndcg@10"], abs=1e-6)
+    assert "tail/recall@10" not in Evaluator(n_users, n_items, train, test, ks=(10,)).evaluate(score_fn)
+
+
+def test_coverage_matches_brute_force():
+    """Share of the catalog in at least one evaluated user's top K; a masked item filling a short
+    list (a user who has seen nearly everything) is not recommended."""
+    rng = np.random.default_rng(6)
+    n_users, n_items = 30, 50
+    train, valid, test = random_split(rng, n_users, n_items)
+    heavy = np.arange(n_items - 3)  # user 0 trained on all but 3 items: fewer than K left to rank
+    train = (np.r_[train[0], np.zeros(len(heavy), dtype=int)], np.r_[train[1], heavy])
+    test = (np.r_[test[0], 0], np.r_[test[1], n_items - 1])
+    # popular items score high for everyone, so coverage is well below 1
+    scores = (np.linspace(3, 0, n_items)[None, :] + 0.5 * rng.standard_normal((n_users, n_items))).astype(np.float32)
+    ks = (5, 10, 20)
+    ev = Evaluator(n_users, n_items, train, test, also_mask=valid, ks=ks, batch_users=4)
+    ours = ev.evaluate(lambda u: torch.as_tensor(scores)[u], cold_slice=False)
+    assert 0 in ev.users
+    for k in ks:
+        recommended = set()
+        for u in ev.users:
+            masked = set(train[1][train[0] == u]) | set(valid[1][valid[0] == u])
+            recommended |= set([i for i in np.argsort(-scores[u], kind="stable") if i not in masked][:k])
+        assert ours[f"coverage@{k}"] == pytest.approx(len(recommended) / n_items), k
+    assert ours["coverage@5"] < ours["coverage@10"] < ours["coverage@20"] < 1.0
+
+
+def test_long_tail_share_is_validated():
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    from conftest import REPO
+
+    demo = REPO / "recipes" / "configs" / "demo.yaml"
+    assert load_config(demo, ["eval.long_tail_share=0.3"]).eval.long_tail_share == 0.3
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=r"eval\.long_tail_share"):
+            load_config(demo, [f"eval.long_tail_share={bad}"])

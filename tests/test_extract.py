@@ -166,9 +166,9 @@ def stored(cfg_path: Path, encoder: str, field: str | None = None):
     """(vectors, present) of the feature set the link of ``encoder`` names, in catalog order."""
     from pipeline.config import load_config
     from pipeline.data import PreparedData
-    from pipeline.extract import ContentKeys, _values
+    from pipeline.content import field_values as _values
     from pipeline.features import link_path
-    from pipeline.store import FeatureStore
+    from pipeline.store import ContentKeys, FeatureStore
 
     cfg = load_config(cfg_path)
     field = field or cfg.encoders[encoder].fields[0]
@@ -302,21 +302,20 @@ def test_changed_weights_at_the_same_path_are_noticed(tmp_path, models, capsys):
 def test_content_keys_remembered_by_stat(tmp_path, monkeypatch):
     import hashlib
 
-    import pipeline.extract
-    from pipeline.extract import ContentKeys
-    from pipeline.store import content_key_file
+    import pipeline.store.content_keys
+    from pipeline.store import ContentKeys, content_key_file
 
     raw = write_catalog(tmp_path / "raw", n=3)
     # Files changed less than RACY_NS ago are never remembered (their ctime was just set, too):
     # pretend these were written long ago, then restore the rule for the file changed below.
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", -10**12)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", -10**12)
     files = [str(raw / "media" / f"i{i:02d}.jpg") for i in range(3)]
     sidecar = tmp_path / "keys" / "tiny.json"
     ck = ContentKeys(sidecar)
     keys = ck.keys([*files, None, str(raw / "nope.jpg")], "image")
     assert keys == [content_key_file(f) for f in files] + [None, None]  # the store's own keys
     ck.save()
-    monkeypatch.setattr(pipeline.extract, "RACY_NS", 2_000_000_000)
+    monkeypatch.setattr(pipeline.store.content_keys, "RACY_NS", 2_000_000_000)
 
     fx.write_image(Path(files[1]), size=(40, 48), seed=50)  # changed just now: hashed, not remembered
     real = hashlib.file_digest
@@ -333,7 +332,7 @@ def test_content_keys_remembered_by_stat(tmp_path, monkeypatch):
 
 def test_weights_stamp_kinds(tmp_path, models):
     from pipeline.config import EncoderConfig
-    from pipeline.extract import weights_stamp
+    from pipeline.content import weights_stamp
 
     def stamp(spec, **kw):
         return weights_stamp(EncoderConfig(spec=spec, fields=["x"], **kw))
@@ -345,6 +344,130 @@ def test_weights_stamp_kinds(tmp_path, models):
     assert stamp("hf:bert-base-uncased") is None and stamp("slow-test:x") is None
     assert stamp(f"hf:{tmp_path / 'nowhere'}") is None
     assert stamp(f"hf:{models['bert']}", random_init=True) != stamp(f"hf:{models['bert']}")
+
+
+def test_weights_replaced_with_same_size_and_mtime_are_noticed(tmp_path, models, capsys, monkeypatch):
+    """cp -p / rsync -a / tar x of a same-architecture checkpoint keeps size and mtime: the file's
+    version (ctime, inode) still changes, so its bytes are hashed again and the vectors recomputed."""
+    from encoders import file_hashes
+
+    monkeypatch.setattr(file_hashes, "RACY_NS", -10**15)  # hashes of just-written files are remembered too
+    write_catalog(tmp_path / "raw")
+    weights = tmp_path / "bert"
+    shutil.copytree(models["bert"], weights)
+    _backdate(weights)
+    cfg = make_config(tmp_path, {**models, "bert": weights}, encoders=("text",))
+    first = by_encoder(ok(capsys, cfg))["text"]
+    assert (tmp_path / "cache" / "features" / "weights-sha256.json").is_file()  # hashed once per version
+
+    target = weights / "model.safetensors"
+    other = fx.build_hf_bert(tmp_path / "other", seed=1) / "model.safetensors"
+    st = target.stat()
+    assert other.stat().st_size == st.st_size and other.read_bytes() != target.read_bytes()
+    time.sleep(0.05)  # past a coarse filesystem clock tick (what RACY_NS guards against outside tests)
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    f = by_encoder(ok(capsys, cfg))["text"]
+    assert (f["computed"], f["encoder_built"]) == (N, True) and f["fingerprint"] != first["fingerprint"]
+    f = by_encoder(ok(capsys, cfg))["text"]  # and that version is now known: warm again
+    assert (f["computed"], f["encoder_built"]) == (0, False)
+
+
+THIRD_PARTY = '''
+import json
+from pathlib import Path
+
+import torch
+
+from encoders import Backend, Encoder, WeightsLocation, sha256_file
+from encoders.processing import PadCollate
+
+
+class Letters:
+    def __call__(self, value):
+        return {"counts": torch.tensor([value.count(c) for c in "aeiou"], dtype=torch.float32)}
+
+
+class LetterEncoder(Encoder):
+    def __init__(self, weights, identity):
+        super().__init__(modality="text", dim=2, preprocessor=Letters(), collator=PadCollate(), identity=identity)
+        self.proj = torch.nn.Parameter(torch.tensor(weights, dtype=torch.float32))
+
+    def encode(self, batch):
+        return batch["counts"] @ self.proj
+
+
+class LetterBackend(Backend):
+    """A third party's backend: its weights are a JSON file named by the spec."""
+
+    prefix = "letters"
+
+    def create(self, name, *, modality=None, offline=False, random_init=False, **options):
+        return LetterEncoder(json.loads(Path(name).read_text()), {"backend": "letters", "sha256": sha256_file(name)})
+
+    def weights(self, name, *, random_init):
+        return WeightsLocation(paths=(Path(name),))
+'''
+
+
+def test_third_party_backend_from_an_entry_point(tmp_path, capsys, monkeypatch):
+    """Installed by someone else (a distribution with a `modalrec.encoders` entry point): warm
+    re-runs and manifests naming its version, with no edit to modalrec."""
+    import importlib
+
+    import yaml
+
+    site = tmp_path / "site"
+    (site / "letters_backend").mkdir(parents=True)
+    (site / "letters_backend" / "__init__.py").write_text(THIRD_PARTY)
+    info = site / "letters_backend-0.3.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: letters-backend\nVersion: 0.3.1\n")
+    (info / "entry_points.txt").write_text("[modalrec.encoders]\nletters = letters_backend:LetterBackend\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+    weights = tmp_path / "letters.json"
+    weights.write_text(json.dumps([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 2.0]]))
+    _backdate(weights)
+    write_catalog(tmp_path / "raw")
+    cfg = make_config(tmp_path, {"bert": weights, "cnx": weights, "w2v": weights}, encoders=("text",))
+    tree = yaml.safe_load(cfg.read_text())
+    tree["encoders"]["text"]["spec"] = f"letters:{weights}"
+    write_config(cfg, tree)
+
+    import encoders
+    from encoders import registry
+
+    try:
+        first = by_encoder(ok(capsys, cfg))["text"]
+        assert (first["computed"], first["encoder_built"]) == (N, True)
+        from pipeline.store import FeatureStore
+
+        (fs,) = FeatureStore(tmp_path / "cache" / "features").sets()
+        assert fs.manifest["versions"]["letters_backend"] == "0.3.1"
+
+        def no_model(*a, **k):
+            raise AssertionError("the warm path must not build an encoder")
+
+        monkeypatch.setattr(encoders, "create", no_model)
+        again = by_encoder(ok(capsys, cfg))["text"]
+        assert (again["computed"], again["reused"], again["encoder_built"]) == (0, N, False)
+    finally:
+        registry._BACKENDS.pop("letters", None)
+        sys.modules.pop("letters_backend", None)
+
+
+def test_unloadable_pytorch_model_bin_exits_2_naming_the_file(tmp_path, models, capsys):
+    write_catalog(tmp_path / "raw")
+    weights = shutil.copytree(models["bert"], tmp_path / "bert")
+    (weights / "model.safetensors").unlink()
+    (weights / "pytorch_model.bin").write_bytes(b"\x80\x02 not really a pickle")
+    cfg = make_config(tmp_path, {**models, "bert": weights}, encoders=("text",))
+    code, _, err = run_extract(capsys, cfg)
+    assert code == 2 and str(weights / "pytorch_model.bin") in err and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------- bad input
@@ -586,6 +709,28 @@ def test_store_ls_info_gc(setup, capsys):
     assert len(left) == 3 and fp not in {s["fingerprint"] for s in left}
     out = ok(capsys, setup, "encoders.text.options.max_length=4")
     assert all(f["computed"] == 0 for f in out["feature_sets"])
+
+
+def test_warm_run_rebuilds_a_damaged_view_without_building_the_encoder(setup, capsys, monkeypatch):
+    import encoders
+    from pipeline.store import StoreWarning
+    from pipeline.store.tensor_file import TensorFile
+    from pipeline.store.views import view_checksum_ok
+
+    first = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    right, _ = stored(setup, "text")  # reading builds the catalog's view
+    (view,) = (setup.parent / "cache" / "features" / first["set"] / "views").glob("*.safetensors")
+    f = TensorFile(view)
+    data = bytearray(view.read_bytes())
+    data[f.data_start + f.entries["vectors"][2] + 3] ^= 0x7F
+    view.write_bytes(bytes(data))
+
+    monkeypatch.setattr(encoders, "create", lambda *a, **k: pytest.fail("the warm path must not build an encoder"))
+    with pytest.warns(StoreWarning, match="checksum mismatch.*rebuilt from the shards"):
+        again = by_encoder(ok(capsys, setup, "--encoder", "text"))["text"]
+    assert (again["computed"], again["reused"], again["encoder_built"]) == (0, N, False)
+    assert view_checksum_ok(view) is True
+    np.testing.assert_array_equal(stored(setup, "text")[0], right)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["kill-child"]:

@@ -107,3 +107,24 @@ def test_mmrec_features_train(small):
                  "train.epochs=2")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["model"] == "freedom"
+
+
+def test_progress_bar_and_printed_slices(small):
+    """No metric in the progress bar before the first evaluation (it used to show
+    ``recall@20=-1.0000``); the printed test line has the long-tail slice and coverage."""
+    import os
+
+    overrides, _ = small
+    env = {**os.environ, "TQDM_MININTERVAL": "0"}  # draw the bar at every epoch, however fast
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(DEMO), *overrides, "train.progress=true",
+                        "train.epochs=3", "train.eval_every=2", "train.valid_metric=recall@20"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    frames = [f for f in r.stderr.replace("\r", "\n").splitlines() if "epoch" in f and "loss=" in f]
+    first = next(f for f in frames if "1/3" in f)
+    assert "recall@20" not in first, first
+    assert any("2/3" in f and "recall@20=0." in f for f in frames), frames
+    assert "-1.0000" not in r.stderr
+    test_line = next(line for line in r.stdout.splitlines() if line.startswith("test "))
+    assert "long-tail items: tail/recall@20 " in test_line and "coverage@20 " in test_line
+    assert "tail/" not in next(line for line in r.stdout.splitlines() if line.startswith("valid "))

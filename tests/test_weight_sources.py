@@ -14,7 +14,7 @@ import torch
 
 import encoders
 from encoders.weight_sources import SOURCES, WeightsMismatchError, build_model, checkpoint_path, map_in_order
-from encoders.weights import sha256_file
+from encoders.file_hashes import sha256_file
 from pipeline.errors import ConfigError, ModalrecError
 
 from conftest import shared
@@ -144,7 +144,7 @@ def test_weights_stamp_covers_the_source_file(tmp_path, monkeypatch):
     import os
 
     from pipeline.config import EncoderConfig
-    from pipeline.extract import weights_stamp
+    from pipeline.content import weights_stamp
 
     def stamp(spec):
         return weights_stamp(EncoderConfig(spec=spec, fields=["image"]))

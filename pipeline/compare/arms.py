@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..config import Config, TowerConfig
 from ..errors import ConfigError
+from ..policy import Policy
 
-_POLICY = re.compile(r"frozen|full|bias|lora(:\d+)?|(cached-)?top-k:\d+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -39,7 +39,7 @@ class Arm:
     features: list[str] = field(default_factory=list)  # cached feature sets it reads
     feature: str | None = None  # finetuned / ftfeat: the feature set whose encoder is fine-tuned
     encoder: str | None = None
-    policy: str | None = None  # as written in compare.policies
+    policy: str | None = None  # the compare.policies entry, spelled canonically
     counterpart: str | None = None  # the frozen arm a fine-tuned arm is also tested against
     depends_on: str | None = None  # ftfeat: the finetuned arm whose run (same seed) writes its features
     ft_feature: str | None = None  # ftfeat: the name of the feature set it adds to `features`
@@ -59,14 +59,17 @@ class Arm:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
 
 
-def policy_slug(policy: str) -> str:
+def policy_slug(policy: Policy | str) -> str:
     """``top-k:2`` -> ``top2``, ``cached-top-k:2`` -> ``cached-top2``, ``lora:8`` -> ``lora8``."""
-    return policy.replace("top-k:", "top").replace("lora:", "lora")
+    policy = Policy.parse(policy)
+    if policy.kind == "top-k":
+        return f"{'cached-' if policy.cached else ''}top{policy.k}"
+    return f"lora{policy.rank}" if policy.kind == "lora" and policy.rank is not None else policy.kind
 
 
-def _live(policy: str, field: str | None) -> dict:
-    spec: dict = {"policy": policy.removeprefix("cached-")}
-    if policy.startswith("cached-"):
+def _live(policy: Policy, field: str | None) -> dict:
+    spec: dict = {"policy": str(policy.uncached())}
+    if policy.cached:
         spec["cached"] = True
     if field is not None:
         spec["field"] = field
@@ -130,15 +133,12 @@ def build_arms(cfg: Config) -> list[Arm]:
         if e not in by_encoder:
             raise ConfigError(f"compare.finetune: encoder {e!r} is read by none of the compared features "
                               f"(compare.features: {features}); add a `features` entry for it")
-    bad = [p for p in c.policies if not _POLICY.fullmatch(p)]
-    if bad:
-        raise ConfigError(f"compare.policies: {bad} not understood; use frozen, full, bias, top-k:N, "
-                          "cached-top-k:N, lora or lora:R")
     ft_feat = c.finetuned_features
     if isinstance(ft_feat, list):
-        unknown = [p for p in ft_feat if p not in c.policies]
+        unknown = [str(p) for p in ft_feat if p not in c.policies]
         if unknown:
-            raise ConfigError(f"compare.finetuned_features: {unknown} not among compare.policies {c.policies}")
+            raise ConfigError(f"compare.finetuned_features: {unknown} not among compare.policies "
+                              f"{[str(p) for p in c.policies]}")
     elif ft_feat:
         ft_feat = list(c.policies)
     else:
@@ -158,11 +158,11 @@ def build_arms(cfg: Config) -> list[Arm]:
                 name = f"finetuned-{n}-{policy_slug(p)}"
                 counterpart = f"frozen-{n}" if (len(features) == 1 or c.ablation) else None
                 arms.append(Arm(name, "finetuned", _tower(False, [], {e: _live(p, src.field)}), feature=n,
-                                encoder=e, policy=p, counterpart=counterpart))
+                                encoder=e, policy=str(p), counterpart=counterpart))
                 if p in ft_feat:
                     ft_name = f"ft_{n}_{policy_slug(p)}".replace("-", "_").replace(".", "_")
                     arms.append(Arm(f"ftfeat-{n}-{policy_slug(p)}", "ftfeat", _tower(False, [ft_name]),
-                                    features=[ft_name], feature=n, encoder=e, policy=p, counterpart=counterpart,
+                                    features=[ft_name], feature=n, encoder=e, policy=str(p), counterpart=counterpart,
                                     depends_on=name, ft_feature=ft_name, field=src.field))
     for name, keys in c.arms.items():
         if not _NAME.fullmatch(name):

@@ -1,14 +1,13 @@
 """What each arm costs: extracting the catalog's features, and training.
 
 Extraction time is the time to encode every catalog item that has a value for the field, at the
-speed ``modalrec extract`` recorded when it computed the feature set (``<store>/timings/``).
+speed ``modalrec extract`` recorded when it computed the feature set (the store's timings).
 Features stored before such records existed are timed here on a sample of items instead
 (``source: "probe"``), with the config's batch size on this machine's device.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 
 from ..config import Config
 from ..data import PreparedData
-from ..errors import ModalrecError
+from ..errors import DataError, ModalrecError
 
 PROBE_ITEMS = 64
 
@@ -28,14 +27,11 @@ def _present(data: PreparedData, field: str) -> int:
 def _probe(cfg: Config, data: PreparedData, encoder: str, field: str) -> dict[str, Any]:
     """Items per second of the encoder on up to PROBE_ITEMS catalog items (preprocessing included),
     after one untimed batch that loads libraries and warms the kernels."""
-    import encoders
     from encoders import EncoderInputError
 
-    from ..extract import _modality_of
+    from ..content import build_encoder, encoder_modality
 
-    ec = cfg.encoders[encoder]
-    enc = encoders.create(ec.spec, modality=_modality_of(data, encoder, ec), offline=cfg.extract.offline or None,
-                          random_init=ec.random_init, **ec.options)
+    enc = build_encoder(cfg, encoder, encoder_modality(data, encoder, cfg.encoders[encoder]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     enc.to(device).eval()
     values = [v for v in data.items[field] if v is not None][: PROBE_ITEMS + cfg.extract.batch_size]
@@ -68,9 +64,9 @@ def _probe(cfg: Config, data: PreparedData, encoder: str, field: str) -> dict[st
 def extraction_costs(cfg: Config, data: PreparedData, features: list[str], probe: bool = True) -> dict[str, dict]:
     """Per cached feature set: ``{"seconds": catalog extraction time, "items": n, ...}``; an
     ``error`` instead when neither a record nor a probe could time it."""
-    from ..extract import timing_path
-    from ..features import link_path
+    from ..store import FeatureStore
 
+    store = FeatureStore.from_config(cfg)
     out: dict[str, dict] = {}
     for name in features:
         src = cfg.features[name]
@@ -81,11 +77,12 @@ def extraction_costs(cfg: Config, data: PreparedData, features: list[str], probe
         field = src.field or ec.fields[0]
         entry: dict[str, Any] = {"encoder": src.encoder, "field": field, "spec": ec.spec}
         try:
-            link = json.loads(link_path(cfg, src.encoder, field).read_text(encoding="utf-8"))
-            record = json.loads(timing_path(cfg, link["fingerprint"], field).read_text(encoding="utf-8"))
+            link = store.read_link(cfg.data.name, f"{src.encoder}.{field}")
+        except DataError:
+            link = None
+        record = None if link is None else store.timing(link["fingerprint"], field)
+        if record is not None:
             record["source"] = "extract"
-        except (OSError, ValueError, KeyError):
-            record = None
         if record is None and probe:
             try:
                 record = _probe(cfg, data, src.encoder, field)

@@ -15,24 +15,23 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
+from ..atomic import write_json_atomic
 from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ConfigError
 from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features
+from .per_user import PER_USER, per_user_metrics, save_per_user
 
-PER_USER = "per_user.safetensors"
 _STAMP_FORMAT = 1
 
 
@@ -61,12 +60,6 @@ def config_hash(cfg: Config, data: PreparedData, depends: str = "") -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def _write_json(path: Path, body: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
-    tmp.replace(path)
-
-
 def _stamp(path: Path) -> dict:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -82,43 +75,15 @@ def _finished(stamp: dict, run_dir: Path, digest: str) -> bool:
 
 def _can_resume(stamp: dict, run_dir: Path, cfg: Config, digest: str) -> bool:
     """A run killed part-way: its checkpoint continues it when it was started for this same hash."""
-    if stamp.get("hash") != digest or not (run_dir / "checkpoint" / "state.json").is_file():
+    from ..train.run import Run
+
+    if stamp.get("hash") != digest or not Run(run_dir).has_checkpoint():
         return False
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return saved == json.loads(json.dumps(cfg.to_dict()))
-
-
-def per_user_metrics(run_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The test users' own metric values for a finished run's best weights (same evaluator as
-    training, so their means are the run's reported test metrics)."""
-    from ..train import load_run
-    from ..train.trainer import evaluators
-
-    cfg, data, model = load_run(run_dir)
-    _, test_eval = evaluators(cfg, data)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.use_history("test")
-    return test_eval.per_user(model.score, device=device, cold_slice=cfg.eval.cold_slice)
-
-
-def save_per_user(path: Path, users: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"users": users.astype(np.int64), **{k: v.astype(np.float64) for k, v in values.items()}}, str(tmp))
-    tmp.replace(path)
-
-
-def load_per_user(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
-    users = tensors.pop("users")
-    return users, tensors
 
 
 def _log(msg: str) -> None:
@@ -157,44 +122,66 @@ def _extract(cfg: Config, data: PreparedData, features: list[str], accelerator) 
         return results, errors
 
 
-def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Config], PreparedData],
-                report_dir: str | Path | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Run (or reuse) every arm of ``config``'s `compare` grid and write the report; returns the
-    report's JSON object (``dry_run``: only the arms and their overrides)."""
-    from accelerate import Accelerator, PartialState
+@dataclass
+class ComparePlan:
+    """A comparison before anything runs: its config, the arms and what they share."""
 
-    from ..train import run_training
-    from ..train.trainer import run_dir_for
-    from .costs import extraction_costs
-    from .report import write_report
+    config: str | Path | Config  # what each arm's config is loaded from, with the arm's overrides
+    overrides: list[str]
+    cfg: Config
+    shared: Config  # every arm's common part (recommender, compare.common): budget and evaluation
+    arms: list[Arm]
+    baseline: str
+    metric: str
 
+    @property
+    def root(self) -> Path:
+        return compare_dir(self.cfg)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.cfg.compare.seeds)
+
+    def arm_overrides(self, arm: Arm, seed: int) -> list[str]:
+        runs = self.root / "runs"
+        return [*self.overrides, *common_overrides(self.cfg, runs, arm.name), *arm.overrides,
+                *arm.seed_overrides(seed, lambda name, s: runs / f"{name}-s{s}")]
+
+    def listing(self) -> dict[str, Any]:
+        """The arms and the overrides of their first seed's run (what ``--dry-run`` prints)."""
+        return {"compare_dir": str(self.root), "baseline": self.baseline, "seeds": self.seeds, "metric": self.metric,
+                "arms": [{**a.to_dict(), "run_overrides": self.arm_overrides(a, self.seeds[0])} for a in self.arms]}
+
+
+def plan_compare(config: str | Path | Config, overrides: list[str] | None = None) -> ComparePlan:
+    """The arms of ``config``'s `compare` grid and their shared config (bad grids fail here)."""
+    overrides = list(overrides or [])
     cfg = load_config(config, overrides)
     arms = build_arms(cfg)
     baseline = baseline_arm(cfg, arms)
-    root = compare_dir(cfg)
-    runs = root / "runs"
-    # what every arm shares (recommender, compare.common): the budget and evaluation the report states
-    shared = load_config(config, [*overrides, *common_overrides(cfg, runs, "shared")])
-    metric = check_metric(shared)
+    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared")])
+    return ComparePlan(config, overrides, cfg, shared, arms, baseline, check_metric(shared))
+
+
+def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
+                report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or reuse) every arm of the plan on ``data`` (prepared for ``plan.shared``) and write
+    the report; returns the report's JSON object on the main process, ``{}`` on the others.
+    ``accelerator``: extraction's and every arm's (default: each makes its own)."""
+    from accelerate import Accelerator, PartialState
+
+    from ..train import run_training
+    from ..train.run import run_dir_for
+    from .costs import extraction_costs
+    from .report import write_report
+
+    config, overrides, cfg, shared, arms = plan.config, plan.overrides, plan.cfg, plan.shared, plan.arms
+    baseline, metric, root, seeds, arm_overrides = plan.baseline, plan.metric, plan.root, plan.seeds, plan.arm_overrides
     stamps = root / "stamps"
-    seeds = list(cfg.compare.seeds)
-
-    def arm_overrides(arm: Arm, seed: int) -> list[str]:
-        return [*overrides, *common_overrides(cfg, runs, arm.name), *arm.overrides,
-                *arm.seed_overrides(seed, lambda name, s: runs / f"{name}-s{s}")]
-
-    if dry_run:
-        return {"compare_dir": str(root), "baseline": baseline, "seeds": seeds, "metric": metric,
-                "arms": [{**a.to_dict(), "run_overrides": arm_overrides(a, seeds[0])} for a in arms]}
-
-    state = PartialState()
+    state = accelerator if accelerator is not None else PartialState()
     main = state.is_main_process
-    data = prepare(shared) if main else None
-    state.wait_for_everyone()
-    if data is None:
-        data = PreparedData.load(shared.prepared_dir)
     features = compared_features(shared)
-    extracted, extract_errors = _extract(shared, data, features, Accelerator())
+    extracted, extract_errors = _extract(shared, data, features, accelerator or Accelerator())
     costs = extraction_costs(shared, data, [f for f in features if shared.features[f].encoder not in extract_errors]) \
         if main else {}
 
@@ -235,12 +222,13 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
                     body = {"format": _STAMP_FORMAT, "hash": digest, "arm": arm.name, "seed": seed,
                             "run_dir": str(run_dir), "state": "started", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                     if main:
-                        _write_json(stamp_path, body)
-                    run_training(acfg, data, resume=resume)
+                        write_json_atomic(stamp_path, body)
+                    # the stamp, not the run directory, says whether an earlier run of this arm still counts
+                    run_training(acfg, data, resume=resume, accelerator=accelerator, overwrite=True)
                     if main:
                         users, values = per_user_metrics(run_dir)
                         save_per_user(run_dir / PER_USER, users, values)
-                        _write_json(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                        write_json_atomic(stamp_path, {**body, "state": "finished", "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                     record["status"] = "trained"
                 record["seconds"] = time.perf_counter() - started
                 if main:
@@ -266,7 +254,7 @@ def run_compare(config: str | Path, overrides: list[str], prepare: Callable[[Con
 
     if not main:
         return {}
-    context = {"config": str(config), "overrides": list(overrides), "compare_dir": str(root), "metric": metric,
+    context = {"config": str(config) if not isinstance(config, Config) else "(a Config object)", "overrides": list(overrides), "compare_dir": str(root), "metric": metric,
                "train_seeds_set": cfg.train.seeds is not None,
                "baseline": baseline, "seeds": seeds, "extraction": extracted, "extraction_errors": extract_errors,
                "extraction_costs": costs}

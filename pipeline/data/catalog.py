@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import ItemsConfig
+from ..data_config import ItemsConfig
 from ..errors import DataError
 from .tables import as_strings, read_table, require_columns, require_values
 
@@ -29,6 +29,7 @@ class CatalogTable:
     frame: pd.DataFrame  # columns: item_id, then one per field
     fields: dict[str, list[str]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     source_rows: int = 0
+    duplicates_dropped: int = 0  # later rows of a repeated id, with ``data.items.duplicates: first``
 
     @property
     def item_ids(self) -> np.ndarray:
@@ -68,7 +69,7 @@ def _field_values(df: pd.DataFrame, spec: str, key: str, path: Path, join_missin
         try:
             out.append(spec.format_map(row))
         except (ValueError, KeyError, IndexError) as e:
-            raise DataError(f"{path}: row {i + 1}: cannot fill {key} template {spec!r}: {e}") from None
+            raise DataError(f"{path}: row {df.index[i] + 1}: cannot fill {key} template {spec!r}: {e}") from None
     return out
 
 
@@ -86,13 +87,19 @@ def load_catalog(cfg: ItemsConfig, data_root: Path) -> CatalogTable:
     df = read_table(path, cfg.format, cfg.encoding, "data.items.path")
     require_columns(df, {"data.items.id": cfg.id}, path)
     ids = require_values(df, cfg.id, path)
-    first_row: dict[str, int] = {}
-    for i, item in enumerate(ids):
-        if item in first_row:
+    source_rows = len(df)
+    repeat = pd.Series(ids).duplicated(keep="first").to_numpy()
+    if repeat.any():
+        if cfg.duplicates == "error":
+            i = int(np.flatnonzero(repeat)[0])
+            first = int(np.flatnonzero(ids == ids[i])[0])
             raise DataError(
-                f"{path}: duplicate item id {item!r} in column {cfg.id!r} at rows {first_row[item] + 1} and {i + 1}"
+                f"{path}: duplicate item id {ids[i]!r} in column {cfg.id!r} at rows {first + 1} and {i + 1} "
+                f"({int(repeat.sum())} repeated rows in all); remove them or set data.items.duplicates=first "
+                "to keep each id's first row"
             )
-        first_row[item] = i
+        # the frame keeps its source row labels, so later errors still name the file's rows
+        df, ids = df[~repeat], ids[~repeat]
 
     media_root = str((data_root / cfg.media_root if cfg.media_root else path.parent).resolve())
     out = {"item_id": ids}
@@ -110,7 +117,7 @@ def load_catalog(cfg: ItemsConfig, data_root: Path) -> CatalogTable:
             fields[modality].append(name)
     # object columns keep None as None (pandas would turn it into NaN in a string column)
     frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in out.items()})
-    return CatalogTable(frame, fields, source_rows=len(df))
+    return CatalogTable(frame, fields, source_rows=source_rows, duplicates_dropped=int(repeat.sum()))
 
 
 def catalog_from_ids(item_ids: np.ndarray) -> CatalogTable:

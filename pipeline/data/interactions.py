@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import FilterConfig, InteractionsConfig
+from ..data_config import FilterConfig, InteractionsConfig
 from ..errors import DataError
 from .mmrec import mmrec_columns
 from .tables import read_table, require_columns, require_values, to_numbers
@@ -39,14 +39,26 @@ def _parse_timestamps(df: pd.DataFrame, col: str, fmt: str | None, path: Path) -
         if numeric.notna().all():
             return numeric.to_numpy(dtype=np.float64).astype(np.int64)
         parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
+        n_numeric, n_dates = int(numeric.notna().sum()), int(parsed.notna().sum())
+        # A column holds one kind of time: a stray cell among unix seconds is the bad one, not
+        # the first (valid) row that ISO 8601 cannot read.
+        if n_numeric > n_dates:
+            i = int(np.flatnonzero(numeric.isna().to_numpy())[0])
+            raise DataError(f"{path}: row {i + 1}: timestamp column {col!r} {_not_a_time(raw.iloc[i])} "
+                            f"({n_numeric:,} of its {len(raw):,} rows hold unix seconds)")
+        how = "unix seconds or ISO 8601; set data.interactions.timestamp_format"
     else:
         parsed = pd.to_datetime(raw, errors="coerce", utc=True, format=fmt)
+        how = f"format {fmt!r}"
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
-        how = f"format {fmt!r}" if fmt else "unix seconds or ISO 8601; set data.interactions.timestamp_format"
-        raise DataError(f"{path}: row {i + 1}: timestamp column {col!r} has {raw.iloc[i]!r}, not a time ({how})")
+        raise DataError(f"{path}: row {i + 1}: timestamp column {col!r} {_not_a_time(raw.iloc[i])} ({how})")
     return (parsed.astype("datetime64[s, UTC]").astype("int64")).to_numpy(dtype=np.int64)
+
+
+def _not_a_time(value) -> str:
+    return "is empty" if pd.isna(value) else f"has {value!r}, not a time"
 
 
 def read_interactions(cfg: InteractionsConfig, data_root: Path) -> RawInteractions:

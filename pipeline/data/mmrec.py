@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import InteractionsConfig
+from ..data_config import InteractionsConfig
 from ..errors import DataError
 
 USER, ITEM, RATING, TIMESTAMP, LABEL = "userID", "itemID", "rating", "timestamp", "x_label"

@@ -49,8 +49,10 @@ def prepare(cfg: Config, progress: bool = True) -> PreparedData:
     catalog: CatalogTable | None = load_catalog(data.items, data.root) if data.items.path else None
     raw = read_interactions(data.interactions, data.root)
     rows = len(raw)
-    dropped = {"unknown_items": 0, "min_rating": 0, "k_core_pairs": 0, "k_core_users": 0, "k_core_items": 0}
+    dropped = {"duplicate_items": 0, "unknown_items": 0, "min_rating": 0,
+               "k_core_pairs": 0, "k_core_users": 0, "k_core_items": 0}
     if catalog is not None:
+        dropped["duplicate_items"] = catalog.duplicates_dropped
         raw, dropped["unknown_items"] = drop_unknown_items(raw, catalog.item_ids, data.interactions.unknown_items)
     raw, dropped["min_rating"] = filter_rating(raw, data.filter.min_rating)
 

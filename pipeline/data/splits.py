@@ -1,9 +1,22 @@
 """Train / valid / test split protocols over distinct (user, item) pairs.
 
-Each function returns an ``int8`` array, one entry per pair: 0 train, 1 valid, 2 test (MMRec's
-``x_label`` convention). All randomness comes from one ``numpy.random.Generator`` seeded by
-``data.split.seed``, so a split is reproducible from its config alone. Everything is vectorised
-over pairs (no per-user Python loops).
+A protocol is a class registered under the name ``data.split.protocol`` takes; its fields are
+its own parameters (flat keys of ``data.split``, validated by the class, as Cornac's split
+classes own theirs) and ``assign`` returns an ``int8`` array, one entry per pair: 0 train,
+1 valid, 2 test (MMRec's ``x_label`` convention)::
+
+    @register_split("last_day")
+    class LastDay(SplitProtocol):
+        needs_timestamps = True
+        days: int = Field(1, ge=1)                      # data.split.days
+
+        def assign(self, pairs, rng):
+            cut = pairs.timestamp.max() - self.days * 86400
+            return np.where(pairs.timestamp > cut, TEST, TRAIN).astype(np.int8)
+
+All randomness comes from the one ``numpy.random.Generator`` seeded by ``data.split.seed``, so a
+split is reproducible from its config alone. Everything is vectorised over pairs (no per-user
+Python loops).
 
 Per-user protocols share MMRec's rule for short histories: a user with at least
 ``short_history`` pairs gets ``int(n * (valid + test))`` evaluation pairs, split between valid
@@ -14,15 +27,59 @@ exactly one valid and one test pair; a user with fewer than 3 pairs keeps them a
 from __future__ import annotations
 
 import datetime as dt
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import numpy as np
+from pydantic import AfterValidator, Field, model_validator
 
-from ..config import SplitConfig
 from ..errors import DataError
-from .interactions import Pairs
+from ..registry import Registry
+from ..section import Section
+
+if TYPE_CHECKING:
+    from ..data_config import SplitConfig
+    from .interactions import Pairs
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "valid", "test")
+
+
+class SplitProtocol(Section):
+    """One registered split protocol: its parameters as fields, the split as ``assign``."""
+
+    name: ClassVar[str] = ""  # set by register_split
+    needs_timestamps: ClassVar[bool] = False
+
+    @abstractmethod
+    def assign(self, pairs: Pairs, rng: np.random.Generator) -> np.ndarray:
+        """``int8`` per pair: ``TRAIN``, ``VALID`` or ``TEST``."""
+
+
+SPLITS: Registry[type[SplitProtocol]] = Registry("split protocol")
+
+
+def register_split(name: str) -> Callable[[type[SplitProtocol]], type[SplitProtocol]]:
+    """Class decorator: register a ``SplitProtocol`` subclass as ``data.split.protocol=<name>``."""
+    add = SPLITS.register(name)
+
+    def deco(cls: type[SplitProtocol]) -> type[SplitProtocol]:
+        if not (isinstance(cls, type) and issubclass(cls, SplitProtocol)):
+            raise TypeError(f"register_split({name!r}) decorates a SplitProtocol subclass, got {cls!r}")
+        cls.name = name
+        return add(cls)
+
+    return deco
+
+
+def _ratios(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(v)}")
+    return v
+
+
+Ratios = Annotated[tuple[float, float, float], AfterValidator(_ratios)]  # train, valid, test
 
 
 def _rank_within_user(users: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,92 +118,136 @@ def _by_rank(rank: np.ndarray, n: np.ndarray, n_valid: np.ndarray, n_test: np.nd
     return out
 
 
-def per_user(pairs: Pairs, cfg: SplitConfig, rng: np.random.Generator, by_time: bool) -> np.ndarray:
-    """Random (``by_time=False``) or temporal per-user split with MMRec's short-history rule."""
-    tiebreak = rng.permutation(len(pairs))
-    if by_time:
-        # time first, a random tie-break among equal timestamps (daily dates tie a lot)
-        order = np.lexsort((tiebreak, pairs.timestamp))
-        key = np.empty(len(pairs), dtype=np.int64)
-        key[order] = np.arange(len(pairs))
-    else:
-        key = tiebreak
-    rank, n = _rank_within_user(pairs.user, key)
-    n_valid, n_test = _eval_counts(n, cfg.ratios, cfg.short_history)
-    return _by_rank(rank, n, n_valid, n_test)
-
-
-def leave_one_out(pairs: Pairs) -> np.ndarray:
-    """Last pair per user (by time, else file order) to test, the one before to valid.
-
-    Users with fewer than 3 pairs keep all of them in train.
-    """
-    key = pairs.order if pairs.timestamp is None else np.lexsort((pairs.order, pairs.timestamp)).argsort()
-    rank, n = _rank_within_user(pairs.user, key)
-    ones = (n >= 3).astype(np.int64)
-    return _by_rank(rank, n, ones, ones)
-
-
 def _day_start(d: dt.date) -> int:
     return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp())
 
 
-def temporal_global(pairs: Pairs, cfg: SplitConfig) -> np.ndarray:
+@register_split("label")
+class Label(SplitProtocol):
+    """MMRec's ``x_label`` column as given (0 train, 1 valid, 2 test)."""
+
+    def assign(self, pairs, rng):
+        if pairs.label is None:
+            raise DataError("data.split.protocol=label needs data.interactions.label (e.g. MMRec's x_label)")
+        return pairs.label.astype(np.int8)
+
+
+class PerUser(SplitProtocol):
+    """The parameters and the cut of per-user protocols (not itself registered)."""
+
+    ratios: Ratios = (0.8, 0.1, 0.1)
+    short_history: int = Field(10, ge=3)  # MMRec: below this, one valid + one test item per user
+
+    def per_user(self, pairs: Pairs, rng: np.random.Generator, by_time: bool) -> np.ndarray:
+        """Random (``by_time=False``) or temporal per-user split with MMRec's short-history rule."""
+        tiebreak = rng.permutation(len(pairs))
+        if by_time:
+            # time first, a random tie-break among equal timestamps (daily dates tie a lot)
+            order = np.lexsort((tiebreak, pairs.timestamp))
+            key = np.empty(len(pairs), dtype=np.int64)
+            key[order] = np.arange(len(pairs))
+        else:
+            key = tiebreak
+        rank, n = _rank_within_user(pairs.user, key)
+        n_valid, n_test = _eval_counts(n, self.ratios, self.short_history)
+        return _by_rank(rank, n, n_valid, n_test)
+
+
+@register_split("random")
+class RandomPerUser(PerUser):
+    """Per user, at random, by ``ratios``."""
+
+    def assign(self, pairs, rng):
+        return self.per_user(pairs, rng, by_time=False)
+
+
+@register_split("temporal_user")
+class TemporalPerUser(PerUser):
+    """Per user, each user's latest pairs to valid and test, by ``ratios``."""
+
+    needs_timestamps = True
+
+    def assign(self, pairs, rng):
+        return self.per_user(pairs, rng, by_time=True)
+
+
+@register_split("temporal_global")
+class TemporalGlobal(SplitProtocol):
     """One cut in time for everyone: by ``valid_start``/``test_start`` dates, else by ratios."""
-    ts = pairs.timestamp
-    if cfg.valid_start is not None:
-        valid_from, test_from = _day_start(cfg.valid_start), _day_start(cfg.test_start)
-    else:
-        r_train, r_valid, _ = cfg.ratios
-        sorted_ts = np.sort(ts)
-        valid_from = sorted_ts[min(int(len(ts) * r_train), len(ts) - 1)]
-        test_from = sorted_ts[min(int(len(ts) * (r_train + r_valid)), len(ts) - 1)]
-    out = np.full(len(ts), TRAIN, dtype=np.int8)
-    out[ts >= valid_from] = VALID
-    out[ts >= test_from] = TEST
-    return out
+
+    needs_timestamps = True
+    ratios: Ratios = (0.8, 0.1, 0.1)
+    valid_start: dt.date | None = None  # first day of validation
+    test_start: dt.date | None = None  # first day of test
+
+    @model_validator(mode="after")
+    def _dates(self) -> "TemporalGlobal":
+        if (self.valid_start is None) != (self.test_start is None):
+            raise ValueError("set both valid_start and test_start, or neither (then cut by ratios)")
+        if self.valid_start is not None and self.valid_start > self.test_start:
+            raise ValueError(f"valid_start {self.valid_start} is after test_start {self.test_start}")
+        return self
+
+    def assign(self, pairs, rng):
+        ts = pairs.timestamp
+        if self.valid_start is not None:
+            valid_from, test_from = _day_start(self.valid_start), _day_start(self.test_start)
+        else:
+            r_train, r_valid, _ = self.ratios
+            sorted_ts = np.sort(ts)
+            valid_from = sorted_ts[min(int(len(ts) * r_train), len(ts) - 1)]
+            test_from = sorted_ts[min(int(len(ts) * (r_train + r_valid)), len(ts) - 1)]
+        out = np.full(len(ts), TRAIN, dtype=np.int8)
+        out[ts >= valid_from] = VALID
+        out[ts >= test_from] = TEST
+        return out
 
 
-def cold_start(pairs: Pairs, cfg: SplitConfig, rng: np.random.Generator) -> np.ndarray:
+@register_split("leave_one_out")
+class LeaveOneOut(SplitProtocol):
+    """Last pair per user (by time, else file order) to test, the one before to valid.
+
+    Users with fewer than 3 pairs keep all of them in train.
+    """
+
+    def assign(self, pairs, rng):
+        key = pairs.order if pairs.timestamp is None else np.lexsort((pairs.order, pairs.timestamp)).argsort()
+        rank, n = _rank_within_user(pairs.user, key)
+        ones = (n >= 3).astype(np.int64)
+        return _by_rank(rank, n, ones, ones)
+
+
+@register_split("cold_start")
+class ColdStart(PerUser):
     """Hold out a fraction of the items entirely: half appear only in valid, half only in test.
 
     The other items' pairs are split per user at random, so valid and test hold both warm and
     cold items and the evaluator can report each slice.
     """
-    items = np.unique(pairs.item)
-    shuffled = rng.permutation(items)
-    n_cold = max(2, int(round(len(items) * cfg.cold_items)))
-    if n_cold >= len(items):
-        raise DataError(f"data.split.cold_items={cfg.cold_items} holds out all {len(items)} items")
-    valid_items, test_items = shuffled[: n_cold // 2], shuffled[n_cold // 2 : n_cold]
-    out = per_user(pairs, cfg, rng, by_time=False)
-    out[np.isin(pairs.item, valid_items)] = VALID
-    out[np.isin(pairs.item, test_items)] = TEST
-    return out
+
+    cold_items: float = Field(0.2, gt=0, lt=1)  # fraction of items held out
+
+    def assign(self, pairs, rng):
+        items = np.unique(pairs.item)
+        shuffled = rng.permutation(items)
+        n_cold = max(2, int(round(len(items) * self.cold_items)))
+        if n_cold >= len(items):
+            raise DataError(f"data.split.cold_items={self.cold_items} holds out all {len(items)} items")
+        valid_items, test_items = shuffled[: n_cold // 2], shuffled[n_cold // 2 : n_cold]
+        out = self.per_user(pairs, rng, by_time=False)
+        out[np.isin(pairs.item, valid_items)] = VALID
+        out[np.isin(pairs.item, test_items)] = TEST
+        return out
 
 
 def split_pairs(pairs: Pairs, cfg: SplitConfig) -> np.ndarray:
-    """Assign every pair to train / valid / test by ``data.split.protocol``."""
-    needs_time = cfg.protocol in ("temporal_user", "temporal_global")
-    if needs_time and pairs.timestamp is None:
+    """Assign every pair to train / valid / test by ``data.split`` (its protocol and seed)."""
+    protocol = cfg.params
+    if protocol.needs_timestamps and pairs.timestamp is None:
         raise DataError(
             f"data.split.protocol={cfg.protocol} needs timestamps: set data.interactions.timestamp to a column"
         )
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.protocol == "label":
-        if pairs.label is None:
-            raise DataError("data.split.protocol=label needs data.interactions.label (e.g. MMRec's x_label)")
-        out = pairs.label.astype(np.int8)
-    elif cfg.protocol == "random":
-        out = per_user(pairs, cfg, rng, by_time=False)
-    elif cfg.protocol == "temporal_user":
-        out = per_user(pairs, cfg, rng, by_time=True)
-    elif cfg.protocol == "temporal_global":
-        out = temporal_global(pairs, cfg)
-    elif cfg.protocol == "leave_one_out":
-        out = leave_one_out(pairs)
-    else:
-        out = cold_start(pairs, cfg, rng)
+    out = protocol.assign(pairs, np.random.default_rng(cfg.seed))
     sizes = np.bincount(out, minlength=3)
     empty = [SPLIT_NAMES[i] for i in range(3) if sizes[i] == 0]
     if empty:

@@ -8,6 +8,8 @@ the first bad row.
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,7 @@ def read_table(path: Path, fmt: str, encoding: str, key: str) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty ({key})") from None
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path}: not valid {encoding} text at byte {e.start} ({e.reason}); "
+            f"{path}: not valid {encoding} text at {_where_undecodable(path, fmt, encoding, e)}; "
             f"set {key.rsplit('.', 1)[0]}.encoding to the file's encoding"
         ) from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
@@ -79,6 +81,37 @@ def read_table(path: Path, fmt: str, encoding: str, key: str) -> pd.DataFrame:
         raise DataError(f"{path}: no rows ({key})")
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _where_undecodable(path: Path, fmt: str, encoding: str, err: UnicodeDecodeError) -> str:
+    """The file offset, row and column of the first byte that is not ``encoding`` text.
+
+    The parser's own error counts bytes from the start of one field, so the file is decoded
+    again here (only on this error path) to place the byte in the file and in the table.
+    """
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        err = e
+    else:  # the parser decodes differently (it should not); keep what it said
+        return f"byte {err.start} of a field ({err.reason})"
+    bad = " ".join(f"0x{b:02x}" for b in data[err.start:err.end])
+    where = f"byte {err.start} ({bad}, {err.reason}"
+    if fmt == "jsonl":
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"{where}; line {line})"
+    if fmt not in ("csv", "tsv"):
+        return where + ")"
+    # A placeholder stands for the bad byte, so the record holding it is always the last one
+    # parsed, even when the byte opens a record; blank lines are skipped as pandas skips them.
+    text = data[: err.start].decode(encoding) + "?"
+    records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t") if r]
+    header, column = records[0], len(records[-1]) - 1
+    if len(records) == 1:
+        return f"{where}; the header, field {column + 1})"
+    name = repr(header[column]) if column < len(header) else f"{column + 1} (past the header's {len(header)})"
+    return f"{where}; row {len(records) - 1}, column {name})"
 
 
 def as_strings(series: pd.Series) -> np.ndarray:

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atomic import atomic_file
 from ..data import PreparedData
 from ..errors import DataError
-from .evaluator import _UserItems
+from .evaluator import UserItems
 
 
 def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exclude_splits=("train", "valid"),
@@ -26,7 +27,7 @@ def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exc
                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
         users = np.array([known[u] for u in user_ids], dtype=np.int64)
     seen_u, seen_i = zip(*(data.pairs(s) for s in exclude_splits)) if exclude_splits else ((), ())
-    seen = _UserItems.build(np.concatenate(seen_u or [np.zeros(0, np.int64)]),
+    seen = UserItems.build(np.concatenate(seen_u or [np.zeros(0, np.int64)]),
                             np.concatenate(seen_i or [np.zeros(0, np.int64)]), data.n_users)
     item_ids = np.asarray(data.items["item_id"], dtype=object)
     user_names = np.asarray(data.users["user_id"], dtype=object)
@@ -53,12 +54,11 @@ def recommend(model, data: PreparedData, user_ids: list[str] | None, k: int, exc
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """CSV or Parquet by suffix, written to a temporary name and renamed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(tmp, index=False)
-    elif path.suffix.lower() == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise DataError(f"{path}: write .csv or .parquet")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)

@@ -45,6 +45,26 @@ class Recommender(nn.Module, ABC):
         """Which interactions count as the user's known history when scoring (``"valid"`` scoring
         sees train; ``"test"`` sees train + valid). Only history-based models care."""
 
+    def param_groups(self, train) -> list[dict]:
+        """The optimizer's parameter groups for ``train`` (the config's `train` section): every
+        trainable parameter once. A submodule with a ``param_groups(train)`` of its own (live
+        encoders: their own learning rate and weight decay) supplies groups for the parameters
+        it names; all others form the first group, with the optimizer's defaults."""
+        special: list[dict] = []
+        claimed: set[int] = set()
+        owners: list[str] = []
+        for name, module in self.named_modules():
+            if module is self or any(name.startswith(o + ".") for o in owners):
+                continue
+            if callable(getattr(module, "param_groups", None)):
+                owners.append(name)
+                for group in module.param_groups(train):
+                    params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
+                    claimed.update(id(p) for p in params)
+                    special.append({**group, "params": params})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        return [g for g in ({"params": rest}, *special) if g["params"]]
+
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """-mean log sigmoid(pos - neg), with MMRec's 1e-10 guard inside the log."""

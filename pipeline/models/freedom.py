@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .base import Recommender, normalized_bipartite, sparse_transpose, spmm
-from .graphs import prune_edges
-from .lightgcn import propagate
-from .towers import ItemTower
+from .graphs import cached_knn_graph, prune_edges
+from .lightgcn import WHOLE_GRAPH, propagate
+from .registry import BuildContext, ModelSpec, register_model
+from .towers import ItemTower, fill_missing
 
 
 class FREEDOM(Recommender):
@@ -86,3 +89,36 @@ class FREEDOM(Recommender):
     def score(self, users_idx):
         users, items = self.embeddings(self.r, self.rt)
         return users[users_idx] @ items.T
+
+
+@register_model("freedom")
+class FREEDOMSpec(ModelSpec):
+    no_live_encoders = WHOLE_GRAPH
+    n_ui_layers: int = Field(2, ge=1)
+    n_mm_layers: int = Field(1, ge=1)
+    knn_k: int = Field(10, ge=1)
+    dropout: float = Field(0.8, ge=0, lt=1)  # fraction of user-item edges dropped each epoch
+    reg_weight: float = Field(0.0, ge=0)  # weight of the feature-projection BPR terms
+    feature_weights: dict[str, float] = {}  # kNN graph weight per feature set; default: equal
+    trainable_features: bool = False  # train the feature tables of those terms too (MMRec does, silently)
+
+    def extra_features(self, features: list[str]) -> list[str]:
+        return list(self.feature_weights or features)  # the kNN graph's
+
+    def build(self, ctx: BuildContext) -> FREEDOM:
+        features = ctx.features
+        if not features:
+            raise ConfigError("model freedom builds its item-item graph from features: add a `features` section")
+        weights = self.feature_weights or {n: 1.0 / len(features) for n in features}
+        unknown = sorted(set(weights) - set(features))
+        if unknown:
+            raise ConfigError(f"model.freedom.feature_weights: {unknown} not in `features` ({sorted(features)})")
+        used = {n: features[n] for n in weights}
+        # a missing row has no neighbours to speak of: the mean links it to typical items
+        filled = {n: fill_missing(f.values.float(), f.mask, "mean") for n, f in used.items()}
+        graph = cached_knn_graph(ctx.cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights,
+                                 self.knn_k)
+        users, items = ctx.data.pairs("train")
+        return FREEDOM(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items, graph, filled,
+                       n_ui_layers=self.n_ui_layers, n_mm_layers=self.n_mm_layers, dropout=self.dropout,
+                       reg_weight=self.reg_weight, seed=ctx.seed, trainable_features=self.trainable_features)

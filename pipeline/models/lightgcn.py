@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from .base import Recommender, bpr_loss, emb_loss, normalized_bipartite
+from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
+
+# graph models smooth every item's vector over the graph at every step: a live encoder would
+# have to encode the whole catalog per step
+WHOLE_GRAPH = "propagates over the whole item graph every step, which live encoders cannot afford"
 
 
 def layer_sum(users0: torch.Tensor, items0: torch.Tensor, r: torch.Tensor, rt: torch.Tensor,
@@ -90,3 +96,15 @@ class LightGCN(Recommender):
     def score(self, users_idx):
         users, items = self.embeddings()
         return users[users_idx] @ items.T
+
+
+@register_model("lightgcn")
+class LightGCNSpec(ModelSpec):
+    no_live_encoders = WHOLE_GRAPH
+    n_layers: int = Field(1, ge=1)
+    reg_weight: float = Field(0.01, ge=0)
+
+    def build(self, ctx: BuildContext) -> LightGCN:
+        users, items = ctx.data.pairs("train")
+        return LightGCN(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items, n_layers=self.n_layers,
+                        reg_weight=self.reg_weight)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .towers import FILL_POLICIES, Fusion, ItemTower
+from ..policy import Policy
+from .towers import FILL_POLICIES, Fusion, ItemTower, fill_missing
 
 
 @dataclass
@@ -38,12 +39,16 @@ class LiveSource:
 
     encoder: nn.Module
     field: str
-    policy: str
+    policy: Policy
     inputs: list[dict[str, torch.Tensor] | None]
     keys: list[str | None] = field(default_factory=list)  # the items' content keys (for the store)
     gradient_checkpointing: bool = False
     cached: bool = False
     hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.policy = Policy.parse(self.policy)  # a config's value already is one; a spelling is parsed here
+        self.cached = self.cached or self.policy.cached
 
     @property
     def mask(self) -> torch.Tensor:
@@ -51,19 +56,13 @@ class LiveSource:
 
 
 def enable_gradient_checkpointing(encoder: nn.Module, where: str) -> None:
-    """Turn on the backend's own activation checkpointing: transformers models through their
-    API; timm and open_clip block stacks through the ``grad_checkpointing`` switch they read."""
-    for module in encoder.modules():
-        if hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "config"):  # transformers
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            return
-    switches = [m for m in encoder.modules() if isinstance(getattr(m, "grad_checkpointing", None), bool)]
-    if not switches:
+    """Turn on the activation checkpointing of the library the encoder's backend runs."""
+    from encoders import backend_of
+
+    if not backend_of(encoder).enable_gradient_checkpointing(encoder):
         from ..errors import ConfigError
 
         raise ConfigError(f"{where}.gradient_checkpointing: {type(encoder).__name__} has no checkpointing support")
-    for module in switches:
-        module.grad_checkpointing = True
 
 
 class LiveEncoders(ItemTower):
@@ -87,7 +86,7 @@ class LiveEncoders(ItemTower):
             if src.cached:
                 from encoders.cut import skip_below
 
-                self.replays[name] = skip_below(enc, int(src.policy.split(":", 1)[1]))
+                self.replays[name] = skip_below(enc, src.policy)
                 self.hidden[name] = src.hidden
             self.encoders[name] = enc
             self.inputs[name] = src.inputs
@@ -113,6 +112,12 @@ class LiveEncoders(ItemTower):
         self._catalog = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def param_groups(self, train) -> list[dict]:
+        """The encoders train at ``train.encoder_lr`` / ``train.encoder_weight_decay`` (default: the
+        recommender's); fusion and fill parameters keep the defaults."""
+        decay = train.weight_decay if train.encoder_weight_decay is None else train.encoder_weight_decay
+        return [{"params": list(self.encoders.parameters()), "lr": train.encoder_lr or train.lr, "weight_decay": decay}]
+
     # ------------------------------------------------------------------ encoding
 
     def encode(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,10 +138,8 @@ class LiveEncoders(ItemTower):
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             vecs = enc(batch)
             out = out.to(vecs.dtype).index_put((present.nonzero().squeeze(1),), vecs)
-        if self.fill == "learned":
-            out = torch.where(present.unsqueeze(1), out, self.missing[name].to(out.dtype))
-        elif self.fill == "mean" and rows and not present.all():
-            out = torch.where(present.unsqueeze(1), out, out[present].mean(0).detach())
+        if self.fill != "zeros":  # absent rows already hold zeros
+            out = fill_missing(out, present, self.fill, self.missing[name] if self.fill == "learned" else None)
         return out, present
 
     def _vectors(self, items: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,15 @@ Both are the same model over different item towers: VBPR is MF whose item vector
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Recommender, bpr_with_reg
+from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
 
 
@@ -28,3 +33,26 @@ class MF(Recommender):
 
     def score(self, users):
         return self.user(users) @ self.item_tower().T
+
+
+@register_model("bpr")
+class BPRSpec(ModelSpec):
+    reg_weight: float = Field(0.01, ge=0)
+
+    def build(self, ctx: BuildContext) -> MF:
+        return MF(ctx.data.n_users, ctx.item_tower("xavier_normal"), reg_weight=self.reg_weight,
+                  user_init="xavier_normal")
+
+
+@register_model("vbpr")
+class VBPRSpec(ModelSpec):
+    reg_weight: float = Field(2.0, ge=0)  # MMRec's default for VBPR
+
+    def default_tower(self, features: list[str]) -> dict[str, Any]:
+        return {"features": features}  # VBPR's item vector: [id embedding, W * every feature set]
+
+    def build(self, ctx: BuildContext) -> MF:
+        if not (ctx.tower.features or ctx.tower.live):
+            raise ConfigError("model vbpr needs features: add a `features` section (or model.item_tower.features)")
+        return MF(ctx.data.n_users, ctx.item_tower("xavier_uniform"), reg_weight=self.reg_weight,
+                  user_init="xavier_uniform")

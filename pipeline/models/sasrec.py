@@ -13,12 +13,16 @@ position embedding means "most recent", whatever the sequence length.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from .base import Recommender, sampled_softmax
+from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
 from .two_tower import log_item_frequency
 
@@ -45,16 +49,6 @@ class SASRec(Recommender):
         self.histories = histories  # split -> CSR of item sequences in time order (numpy, not state)
         self.scoring = "valid"
         self.register_buffer("log_q", log_item_frequency(histories["valid"][1], item_tower.n_items), persistent=False)
-
-    @classmethod
-    def build(cls, p, data, item_tower: ItemTower) -> SASRec:
-        """From the ``model.sasrec`` settings and a ``PreparedData``."""
-        from ..train.sequences import user_sequences
-
-        # "valid" scoring sees the train sequence, "test" scoring train + valid, both in time order
-        histories = {"valid": user_sequences(data, ("train",)), "test": user_sequences(data, ("train", "valid"))}
-        return cls(item_tower, histories, max_len=p.max_len, n_layers=p.n_layers, n_heads=p.n_heads,
-                   dropout=p.dropout, loss=p.loss, n_negatives=p.n_negatives)
 
     def train_batches(self, data, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         """``batch_size`` counts users (sequences), each giving up to ``max_len`` targets."""
@@ -119,3 +113,27 @@ class SASRec(Recommender):
         indptr, items = self.histories[self.scoring]
         seq = pad_left(indptr, items, users.cpu().numpy(), self.max_len)
         return self.score_sequences(torch.from_numpy(seq).to(users.device))
+
+
+@register_model("sasrec")
+class SASRecSpec(ModelSpec):
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(1, ge=1)  # must divide model.dim
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(50, ge=1)  # the most recent items of a user that the model reads
+    loss: Literal["bce", "sampled_softmax", "in_batch"] = "bce"  # bce: one sampled negative per position
+    n_negatives: int = Field(64, ge=1)  # sampled_softmax
+
+    def check(self, dim: int) -> None:
+        # the item tower's width is model.dim or a multiple of it, so this is the check that matters
+        if dim % self.n_heads:
+            raise ValueError(f"model.sasrec.n_heads={self.n_heads} must divide model.dim={dim}")
+
+    def build(self, ctx: BuildContext) -> SASRec:
+        from ..train.sequences import user_sequences
+
+        # "valid" scoring sees the train sequence, "test" scoring train + valid, both in time order
+        histories = {"valid": user_sequences(ctx.data, ("train",)),
+                     "test": user_sequences(ctx.data, ("train", "valid"))}
+        return SASRec(ctx.item_tower("xavier_normal"), histories, max_len=self.max_len, n_layers=self.n_layers,
+                      n_heads=self.n_heads, dropout=self.dropout, loss=self.loss, n_negatives=self.n_negatives)

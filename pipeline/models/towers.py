@@ -19,6 +19,21 @@ FILL_POLICIES = ("zeros", "mean", "learned")
 FUSIONS = ("concat", "sum", "gate")
 
 
+def fill_missing(x: torch.Tensor, present: torch.Tensor, policy: str,
+                 learned: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` ``[N, D]`` with the rows where ``present`` is False replaced by policy: ``zeros``;
+    ``mean``, the mean of the present rows (zeros when there are none), held constant for
+    gradients; ``learned``, the vector ``learned`` (a parameter, so it trains)."""
+    if policy not in FILL_POLICIES:
+        raise ValueError(f"fill must be one of {FILL_POLICIES}, got {policy!r}")
+    if policy == "learned":  # no shortcut when all rows are present: it would wait for the device
+        return torch.where(present.unsqueeze(1), x, learned.to(x.dtype))
+    if bool(present.all()):
+        return x
+    fill = x[present].mean(dim=0).detach() if policy == "mean" and bool(present.any()) else x.new_zeros(())
+    return torch.where(present.unsqueeze(1), x, fill)
+
+
 class ItemTower(nn.Module, ABC):
     n_items: int
     dim: int
@@ -87,12 +102,11 @@ class FeatureTower(ItemTower):
         self.dim, self.fill = dim, fill
         self.raw = nn.ParameterDict()
         for name in self.names:
-            x = features[name].float().clone()
             m = masks[name].bool()
-            if fill == "mean" and m.any():
-                x[~m] = x[m].mean(dim=0)
-            else:
-                x[~m] = 0.0
+            # "learned" replaces missing rows on the fly; until then they hold zeros
+            x = fill_missing(features[name].float(), m, "mean" if fill == "mean" else "zeros")
+            if x is features[name]:  # a copy of its own: it may train, the caller's must not change
+                x = x.clone()
             # frozen unless asked: a visible choice (MMRec silently trains "frozen" features)
             self.raw[name] = nn.Parameter(x, requires_grad=trainable_features)
             self.register_buffer(f"mask_{name}", m, persistent=False)
@@ -107,7 +121,7 @@ class FeatureTower(ItemTower):
     def _filled(self, name: str, items) -> torch.Tensor:
         x = self.raw[name] if items is None else self.raw[name].index_select(0, items)
         if self.fill == "learned":
-            x = torch.where(self._mask(name, items).unsqueeze(1), x, self.missing[name].expand_as(x))
+            x = fill_missing(x, self._mask(name, items), "learned", self.missing[name])
         return x
 
     def forward(self, items=None):

@@ -17,12 +17,16 @@ warm recall@20 was 0.20 with cosine (tau 0.1) against 0.42 with dot products; po
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from .base import Recommender, bpr_loss, gather_batches, in_batch_softmax, sampled_softmax
+from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
 
 
@@ -60,18 +64,6 @@ class TwoTower(Recommender):
                 self.register_buffer(f"hist_{split}_indptr", torch.from_numpy(indptr), persistent=False)
                 self.register_buffer(f"hist_{split}_items", torch.from_numpy(items), persistent=False)
         self.scoring = "valid"
-
-    @classmethod
-    def build(cls, p, data, item_tower: ItemTower) -> TwoTower:
-        """From the ``model.two_tower`` settings and a ``PreparedData``."""
-        from ..train.sequences import user_sequences
-
-        histories = None
-        if p.user != "id":  # what a user is known to have chosen when scoring valid / test
-            histories = {"valid": user_sequences(data, ("train",)), "test": user_sequences(data, ("train", "valid"))}
-        return cls(data.n_users, item_tower, data.pairs("train")[1], histories, user=p.user,
-                   user_mlp=tuple(p.user_mlp), loss=p.loss, temperature=p.temperature, n_negatives=p.n_negatives,
-                   normalize=p.normalize, logq=p.logq)
 
     def train_batches(self, data, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         from ..train.sampling import PairBatches
@@ -133,3 +125,25 @@ class TwoTower(Recommender):
 
     def score(self, users):
         return self.user_vectors(users, self.scoring) @ self._norm(self.item_tower()).T
+
+
+@register_model("two_tower")
+class TwoTowerSpec(ModelSpec):
+    user: Literal["id", "history", "both"] = "id"  # user tower: id embedding, mean of history items, or both
+    user_mlp: list[Annotated[int, Field(gt=0)]] = []  # hidden widths of an MLP on the user vector
+    loss: Literal["in_batch", "sampled_softmax", "bpr"] = "in_batch"
+    logq: bool = True  # in_batch: subtract log item frequency (Yi et al. 2019)
+    temperature: float = Field(1.0, gt=0)  # logits = score / temperature; with normalize, try ~0.1
+    n_negatives: int = Field(64, ge=1)  # sampled_softmax: uniform negatives per positive
+    normalize: bool = False  # cosine scores; off by default: see the module docstring
+
+    def build(self, ctx: BuildContext) -> TwoTower:
+        from ..train.sequences import user_sequences
+
+        data = ctx.data
+        histories = None
+        if self.user != "id":  # what a user is known to have chosen when scoring valid / test
+            histories = {"valid": user_sequences(data, ("train",)), "test": user_sequences(data, ("train", "valid"))}
+        return TwoTower(data.n_users, ctx.item_tower("xavier_normal"), data.pairs("train")[1], histories,
+                        user=self.user, user_mlp=tuple(self.user_mlp), loss=self.loss, temperature=self.temperature,
+                        n_negatives=self.n_negatives, normalize=self.normalize, logq=self.logq)

@@ -5,18 +5,18 @@ Layout of a set directory::
     manifest.json                            what the set is, and its counts (manifest.py)
     shards/<time>-<pid>-<rand>.safetensors   immutable rows: vectors + keys + checksums (shards.py)
     failed/<time>-<pid>-<rand>.json          immutable: keys whose input was bad, with reasons
-    views/<keys>-<sources>.safetensors       derived: rows aligned to one key list (views.py)
+    views/<keys>-<sources>.safetensors       derived: rows aligned to one key list, checksummed (views.py)
 
 Why this shape: every write is a new file that appears by an atomic rename, so there is nothing
 to lock and nothing to tear; concurrent writers (Accelerate ranks) only ever add files, and a
 writer killed at any moment leaves at most a temporary file. A shard that fails its size or
 checksum test was damaged after it was written: it is renamed ``*.damaged`` (so every process
-stops trusting it and its keys are computed again) and ``FeatureStore.gc`` deletes it.
+stops trusting it and its keys are computed again) and ``FeatureStore.gc`` deletes it. A damaged
+view is set aside the same way and rebuilt from verified shards.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import warnings
 from pathlib import Path
@@ -25,160 +25,35 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ModalrecError
-from .dtypes import NUMPY_DTYPE, STORAGE_DTYPES, as_numpy, as_torch, checked_storage
-from .files import is_temp, write_file_atomic
+from .dtypes import NUMPY_DTYPE, as_numpy, as_torch, checked_storage
+from ..atomic import write_file_atomic
+from .files import READ_ONLY, is_temp
 from .keys import key_list_digest
-from .manifest import MANIFEST, manifest_bytes, now, read_manifest
-from .shards import (DAMAGED_SUFFIX, FAILED_SUFFIX, SHARD_SUFFIX, Shard, after, copy_rows, new_file_name,
-                     open_shard, read_failed_file, shard_writer, write_failed_file, write_shard)
+from .manifest import MANIFEST, manifest_bytes, now
+from .set_files import SetFiles, StoreWarning
+from .shards import (DAMAGED_SUFFIX, FAILED_SUFFIX, SHARD_SUFFIX, after, copy_rows, new_file_name, shard_writer,
+                     write_failed_file, write_shard)
 from .tensor_file import DamagedFile
-from .views import build_view, open_view, view_dirs, view_name
+from .views import (VIEW_DIR_ENV, UncheckedView, build_view, fallback_dir, gather, open_view, private_dir,
+                    view_checksum_ok, view_name)
 
 
-class StoreWarning(UserWarning):
-    """Something in the store was damaged and is being ignored (it will be recomputed)."""
-
-
-class FeatureSet:
+class FeatureSet(SetFiles):
     """Open an existing set with ``FeatureSet(path)``; create one with ``FeatureStore.open_set``.
 
     One object per process (not shared between threads); any number of processes may hold the
     same set, writing and reading at once.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._static = read_manifest(self.path)
-        self.name: str = self._static["name"]
-        self.fingerprint: str = self._static["fingerprint"]
-        self.field: str = self._static["field"]
-        self.dim: int = int(self._static["dim"])
-        self.dtype: str = self._static["dtype"]
-        if self.dtype not in STORAGE_DTYPES or self.dim <= 0:
-            raise DataError(f"{self.path / MANIFEST}: bad dim {self.dim} or dtype {self.dtype!r}")
-        self._shards: dict[str, Shard] = {}  # the intact shards on disk, by name
-        self._ignored: set[str] = set()  # damaged files this process already warned about
-        self._verified: set[str] = set()  # shards whose data checksum passed in this process
-        # key -> global row, latest shard winning; global row = _starts[i] + row in shard _order[i]
-        self._index: dict[str, int] | None = None
-        self._order: list[str] = []
-        self._starts: list[int] = []
-        self._failed_files: dict[str, dict[str, str]] = {}
+    def __init__(self, path: str | Path, view_dir: str | Path | None = None):
+        """``view_dir``: where views go when this store is read-only (see ``views.py``)."""
+        super().__init__(path)
+        self.view_dir = view_dir
+        self._in_memory_warned = False
         self._saved_counts = (self._static.get("rows"), self._static.get("failed"))
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.name!r}, field={self.field!r}, dim={self.dim}, dtype={self.dtype})"
-
-    # ---------------------------------------------------------------- what is on disk
-
-    def _listing(self, sub: str, suffix: str) -> list[str]:
-        try:
-            names = os.listdir(self.path / sub)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if n.endswith(suffix) and not is_temp(n))
-
-    def _quarantine(self, path: Path, reason: str, what: str) -> None:
-        warnings.warn(f"feature set {self.name}: ignoring damaged file {path.name} ({reason}); "
-                      f"{what} count as missing and will be recomputed", StoreWarning, stacklevel=4)
-        self._ignored.add(path.name)
-        try:  # renamed, not deleted: every other process stops trusting it too, and gc removes it
-            os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-        except OSError:
-            pass
-
-    def _refresh(self) -> None:
-        """Catch up with shards other processes added, compacted away or found damaged."""
-        names = self._listing("shards", SHARD_SUFFIX)
-        current = set(names)
-        gone = [n for n in self._shards if n not in current]
-        for n in gone:
-            del self._shards[n]
-        added = []
-        for n in names:
-            if n in self._shards or n in self._ignored:
-                continue
-            try:
-                self._shards[n] = open_shard(self.path / "shards" / n, self.dim, self.dtype)
-                added.append(n)
-            except FileNotFoundError:
-                continue  # compacted away between listing and opening
-            except DamagedFile as e:
-                self._quarantine(self.path / "shards" / n, str(e), "its rows")
-        if self._index is None:
-            return
-        if gone or (added and self._order and added[0] < self._order[-1]):
-            self._index = None  # removed or out-of-order shards: rebuild when next needed
-        else:
-            for n in added:
-                self._index_add(n)
-
-    def _index_add(self, name: str) -> None:
-        start = self._starts[-1] + len(self._shards[self._order[-1]].keys) if self._order else 0
-        keys = self._shards[name].keys
-        self._order.append(name)
-        self._starts.append(start)
-        self._index.update(zip(keys, range(start, start + len(keys))))
-
-    def _ensure_index(self) -> dict[str, int]:
-        if self._index is None:
-            self._index, self._order, self._starts = {}, [], []
-            for n in sorted(self._shards):
-                self._index_add(n)
-        return self._index
-
-    def _positions(self, keys: list[str | None]) -> np.ndarray:
-        index = self._ensure_index()
-        return np.fromiter((-1 if k is None else index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-
-    def _locate(self, keys: list[str | None]) -> tuple[list[Shard], np.ndarray, np.ndarray]:
-        """(shards used, shard of each key as an index into them or -1, row in that shard or -1)."""
-        self._refresh()
-        pos = self._positions(keys)
-        present = pos >= 0
-        starts = np.asarray(self._starts, dtype=np.int64)
-        which = np.searchsorted(starts, pos[present], side="right") - 1
-        used = np.unique(which)
-        shard_of = np.full(len(keys), -1, dtype=np.int64)
-        row = np.full(len(keys), -1, dtype=np.int64)
-        shard_of[present] = np.searchsorted(used, which)
-        row[present] = pos[present] - starts[which]
-        return [self._shards[self._order[u]] for u in used], shard_of, row
-
-    def _verify(self, shards: list[Shard]) -> bool:
-        """Check the data checksums of these shards (once per process); False if one was damaged."""
-        ok = True
-        for shard in shards:
-            if shard.name in self._verified or shard.name not in self._shards:
-                continue
-            if shard.data_ok():
-                self._verified.add(shard.name)
-                continue
-            self._quarantine(shard.file.path, "data checksum mismatch", f"its {len(shard.keys)} rows")
-            del self._shards[shard.name]
-            self._index = None
-            ok = False
-        return ok
-
-    def _failed_records(self) -> dict[str, str]:
-        """key -> reason over all failure records (later records win), stored keys included."""
-        names = self._listing("failed", FAILED_SUFFIX)
-        for n in set(self._failed_files) - set(names):
-            del self._failed_files[n]
-        merged: dict[str, str] = {}
-        for n in names:
-            if n in self._ignored:
-                continue
-            if n not in self._failed_files:
-                try:
-                    self._failed_files[n] = read_failed_file(self.path / "failed" / n)
-                except FileNotFoundError:
-                    continue
-                except DamagedFile as e:
-                    self._quarantine(self.path / "failed" / n, str(e), "its failures")
-                    continue
-            merged.update(self._failed_files[n])
-        return merged
 
     # ---------------------------------------------------------------- writing
 
@@ -224,7 +99,10 @@ class FeatureSet:
             first.setdefault(k, i)
         if len(first) < len(keys):  # items with identical content share a key: store it once
             keys, stored = list(first), stored[list(first.values())]
-        name = write_shard(self.path / "shards", keys, stored, self.dtype)
+        try:
+            name = write_shard(self.path / "shards", keys, stored, self.dtype)
+        except FileNotFoundError:
+            raise self._vanished(f"{len(keys)} rows could not be stored") from None
         self._verified.add(name)
         self.save_manifest()
 
@@ -235,7 +113,10 @@ class FeatureSet:
         if len(reasons) != len(keys):
             raise DataError(f"feature set {self.name}: write_failed got {len(keys)} keys and {len(reasons)} reasons")
         if keys:
-            write_failed_file(self.path / "failed" / new_file_name(FAILED_SUFFIX), keys, reasons)
+            try:
+                write_failed_file(self.path / "failed" / new_file_name(FAILED_SUFFIX), keys, reasons)
+            except FileNotFoundError:
+                raise self._vanished(f"{len(keys)} failure records could not be stored") from None
             self.save_manifest()
 
     def failed(self) -> dict[str, str]:
@@ -251,8 +132,10 @@ class FeatureSet:
 
         Absent keys (None, never written, failed) have present False and a zero row. Rows come
         from a view file built once per key list and store state, so the result maps one file
-        instead of copying rows into RAM. bfloat16 rows are uint16 bit patterns: use
-        ``as_torch``. The array is copy-on-write: writing to it never changes the store.
+        instead of copying rows into RAM; the view's checksum is checked first, and a damaged
+        view is rebuilt from verified shards. (A read-only store without a view directory:
+        rows gathered into memory.) bfloat16 rows are uint16 bit patterns: use ``as_torch``.
+        The array is copy-on-write: writing to it never changes the store.
         """
         keys = list(keys)
         if not keys:
@@ -261,24 +144,76 @@ class FeatureSet:
             if k is not None and not isinstance(k, str):
                 raise DataError(f"feature set {self.name}: read key #{i} is {k!r}; keys are strings or None")
         digest = key_list_digest(keys)
-        dirs = view_dirs(self.path, self.name)
+        dirs = self._view_dirs()
         for _ in range(8):  # repeated only while another process compacts, or damage turns up
             shards, shard_of, row = self._locate(keys)
             name = view_name(digest, [s.name for s in shards], shard_of, row)
-            for d in dirs:
-                try:
-                    return open_view(d / name, len(keys), self.dim)
-                except (FileNotFoundError, DamagedFile):
-                    pass
+            found = self._open_view(dirs, name, len(keys))
+            if found is not None:
+                return found
             if not self._verify(shards):
                 continue
             try:
                 path = build_view(dirs, name, shards, shard_of, row, self.dim, self.dtype, digest)
-                return open_view(path, len(keys), self.dim)
-            except FileNotFoundError:  # a shard was compacted away under us: rescan
+            except FileNotFoundError:  # a shard was compacted away under us (or the set is gone): rescan
+                if not (self.path / MANIFEST).is_file():
+                    raise self._vanished("its rows cannot be read") from None
                 self._shards.clear()
                 self._index = None
+                continue
+            if path is not None:
+                return open_view(path, len(keys), self.dim, verify=False)
+            if not self._in_memory_warned:
+                self._in_memory_warned = True
+                warnings.warn(f"feature set {self.name}: the store is read-only and no view directory is "
+                              f"configured (store.view_dir or ${VIEW_DIR_ENV}); its rows are read into memory",
+                              StoreWarning, stacklevel=2)
+            return gather(shards, shard_of, row, self.dim, self.dtype)
         raise ModalrecError(f"feature set {self.name}: the store kept changing while reading; try again")
+
+    def check(self, keys: list[str | None]) -> int:
+        """Verify what ``read(keys)`` would serve, before relying on it: the view of the current
+        state when there is one, else the data checksums of the shards holding the rows. A
+        damaged view is rebuilt at once from verified shards; the rows of a damaged shard become
+        missing (work for the next extract). Returns how many damaged files were set aside."""
+        keys = list(keys)
+        shards, shard_of, row = self._locate(keys)
+        if not shards:
+            return 0
+        dirs = self._view_dirs()
+        ignored = len(self._ignored)
+        if self._open_view(dirs, view_name(key_list_digest(keys), [s.name for s in shards], shard_of, row),
+                           len(keys)) is not None:
+            return 0
+        views_damaged = len(self._ignored) - ignored
+        shards_ok = self._verify(shards)
+        if views_damaged and shards_ok:
+            self.read(keys)
+        return len(self._ignored) - ignored
+
+    def _view_dirs(self) -> list[Path]:
+        fallback = fallback_dir(self.view_dir, self.path, self.name)
+        return [self.path / "views"] + ([fallback] if fallback is not None else [])
+
+    def _open_view(self, dirs: list[Path], name: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        for i, d in enumerate(dirs):
+            path = d / name
+            if str(path) in self._ignored:
+                continue
+            try:
+                if i > 0 and not private_dir(d, create=False):
+                    continue
+                return open_view(path, n, self.dim)
+            except (FileNotFoundError, UncheckedView):
+                continue
+            except DamagedFile as e:
+                self._quarantine(path, str(e), "this view", "is rebuilt from the shards", ignore_as=str(path))
+        return None
+
+    def _vanished(self, lost: str) -> DataError:
+        return DataError(f"feature set {self.name} ({self._static.get('spec') or self.fingerprint}, field "
+                         f"{self.field}) was removed from {self.path.parent} while in use (by `modalrec store gc`, "
+                         f"or by hand); {lost}. Run the command again")
 
     def as_torch(self, vectors: np.ndarray):
         """Rows from ``read`` as a torch tensor of the storage dtype (bf16 converted properly)."""
@@ -304,8 +239,10 @@ class FeatureSet:
             try:
                 write_file_atomic(self.path / MANIFEST, manifest_bytes(self._static))
                 self._saved_counts = counts
+            except FileNotFoundError:
+                raise self._vanished("its counts could not be saved") from None
             except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                if e.errno not in READ_ONLY:
                     raise  # a read-only store is fine: counts are still reported live
         return live
 
@@ -316,15 +253,33 @@ class FeatureSet:
             names = self._listing(sub, suffix)
             out[sub] = len(names)
             out[f"{sub}_bytes"] = sum(_size(self.path / sub / n) for n in names)
-        out["damaged"] = sum(len(self._listing(s, DAMAGED_SUFFIX)) for s in ("shards", "failed"))
+        out["damaged"] = sum(len(self._listing(s, DAMAGED_SUFFIX)) for s in ("shards", "failed", "views"))
+        out["damaged_views"] = len(self._listing("views", DAMAGED_SUFFIX))
         return out
 
     def verify(self) -> dict[str, int]:
-        """Check every shard's data checksum now (reads everything); damaged ones are set aside."""
+        """Check every shard's and view's checksum now (reads everything); damaged ones are set aside."""
         self._refresh()
         shards = list(self._shards.values())
         self._verify(shards)
-        return {"shards": len(shards), "damaged": len(shards) - len(self._shards)}
+        views = damaged_views = 0
+        for i, d in enumerate(self._view_dirs()):
+            if i > 0 and not private_dir(d, create=False):
+                continue
+            for n in sorted(n for n in os.listdir(d) if n.endswith(SHARD_SUFFIX) and not is_temp(n)) \
+                    if d.is_dir() else []:
+                views += 1
+                try:
+                    if view_checksum_ok(d / n) is False:
+                        raise DamagedFile("checksum mismatch")
+                except FileNotFoundError:
+                    continue
+                except DamagedFile as e:
+                    damaged_views += 1
+                    self._quarantine(d / n, str(e), "this view", "is rebuilt from the shards when next read",
+                                     ignore_as=str(d / n))
+        return {"shards": len(shards), "damaged": len(shards) - len(self._shards), "views": views,
+                "damaged_views": damaged_views}
 
     def compact(self) -> dict[str, int]:
         """Merge all shards into one and all failure records into one, dropping duplicates.

@@ -1,4 +1,5 @@
-"""Small filesystem helpers for writing without locks: unique temporary names, fsync, rename.
+"""The store's filesystem helpers for writing without locks (the writing itself is
+``pipeline.atomic``'s): telling abandoned temporary files from live ones, renaming away, removing.
 
 Every file the store writes first lands under a temporary name in its final directory and is
 then renamed into place. A rename within one directory is atomic, so a reader sees either no
@@ -9,20 +10,14 @@ writer is gone) from one still being written.
 
 from __future__ import annotations
 
+import errno
 import os
-import re
-import secrets
-import socket
 import time
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+from ..atomic import HOST, TMP_PREFIX, temp_path
 
-
-def temp_path(directory: Path, label: str) -> Path:
-    """``<directory>/.tmp-<pid>-<random>-<host>-<label>``: unique across processes and machines."""
-    return Path(directory) / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}-{label}"
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a store we may only read raises
 
 
 def is_temp(name: str) -> bool:
@@ -33,12 +28,21 @@ def temp_is_abandoned(path: Path, max_age: float) -> bool:
     """True when a temporary file's writer is certainly gone: a dead pid on this host, or (for
     another host, whose pids we cannot check) no change for ``max_age`` seconds."""
     parts = path.name[len(TMP_PREFIX):].split("-", 3)
+    if len(parts) == 4 and parts[0].isdigit():
+        return writer_is_gone(path, int(parts[0]), parts[2], max_age)
+    return writer_is_gone(path, None, None, max_age)
+
+
+def writer_is_gone(path: Path, pid: int | None, host: str | None, max_age: float) -> bool:
+    """Whether the process a file was named after is gone: on this host, its pid is dead; for
+    another host (whose pids we cannot check), the file has not changed for ``max_age`` seconds.
+    A file that no longer exists was not abandoned: someone else cleaned it up."""
     try:
         age = time.time() - path.lstat().st_mtime
     except FileNotFoundError:
         return False
-    if len(parts) == 4 and parts[0].isdigit() and parts[2] == _HOST:
-        return not _pid_alive(int(parts[0]))
+    if pid is not None and host == HOST:
+        return not _pid_alive(pid)
     return age > max_age
 
 
@@ -54,48 +58,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort (some filesystems cannot open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` all at once or not at all.
-
-    ``exclusive``: only create, never replace (a hard link fails if the name exists), so two
-    processes creating the same file race safely. Returns False when it already existed.
-    """
+def rename_away(path: Path) -> Path:
+    """Rename a directory to a temporary name (which ``gc`` finishes deleting if we are killed)."""
     path = Path(path)
-    tmp = temp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            except OSError:  # no hard links on this filesystem: fall back to a plain check
-                if path.exists():
-                    return False
-                os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+    trash = temp_path(path.parent, path.name + ".trash")
+    os.rename(path, trash)
+    return trash
 
 
 def remove_tree(path: Path) -> None:
@@ -103,7 +71,4 @@ def remove_tree(path: Path) -> None:
     deletion killed half way leaves a temporary that ``gc`` finishes, never a half set."""
     import shutil
 
-    path = Path(path)
-    trash = temp_path(path.parent, path.name + ".trash")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(rename_away(path), ignore_errors=True)

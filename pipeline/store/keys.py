@@ -46,10 +46,13 @@ def mmrec_key(file_sha256: str, item_id: str) -> str:
     return hashlib.sha256(f"mmrec-import\0{file_sha256}\0{item_id}".encode("utf-8")).hexdigest()
 
 
-def set_name(fingerprint: str, field: str) -> str:
+def set_name(fingerprint: str, field: str, dtype: str = "float32") -> str:
     """Directory name of a feature set: readable field first, then a digest of the identity
-    (fingerprints may hold characters a path cannot)."""
-    digest = hashlib.sha256(f"{fingerprint}\0{field}".encode("utf-8")).hexdigest()[:16]
+    (fingerprints may hold characters a path cannot). The storage dtype is part of the identity,
+    so float16 and float32 sets of one encoder live side by side; float32 names stay as they were
+    before the dtype joined the identity."""
+    identity = f"{fingerprint}\0{field}" + ("" if dtype == "float32" else f"\0{dtype}")
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.]+", "_", field).strip("._")[:40] or "field"
     return f"{slug}-{digest}"
 

@@ -19,13 +19,14 @@ MANIFEST = "manifest.json"
 FORMAT = "modalrec-feature-set"
 FORMAT_VERSION = 1
 
-# import name -> distribution name of the libraries that may have computed the vectors
-_LIBRARIES = {"torch": "torch", "transformers": "transformers", "timm": "timm", "open_clip": "open_clip_torch",
-              "sentence_transformers": "sentence-transformers", "numpy": "numpy"}
+# import name -> distribution name of the libraries every feature set is computed with; the
+# encoder's own libraries are its backend's to name (``encoders.Backend.libraries``)
+_LIBRARIES = {"torch": "torch", "numpy": "numpy"}
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of modalrec and of the encoder libraries that are installed (without importing them)."""
+def library_versions(spec: str | None = None) -> dict[str, str]:
+    """Versions of modalrec, torch, numpy and the libraries of the backend ``spec`` names (read from
+    package metadata, without importing them)."""
     from .. import __version__
 
     out = {"modalrec": __version__}
@@ -36,6 +37,10 @@ def library_versions() -> dict[str, str]:
             out[module] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if spec:
+        from encoders.registry import spec_versions  # lazily: encoders use the store's file helpers
+
+        out.update(spec_versions(spec))
     return out
 
 
@@ -62,7 +67,7 @@ def new_manifest(name: str, fingerprint: str, field: str, dim: int, dtype: str, 
         "rows": 0,
         "failed": 0,
         "created": now(),
-        "versions": library_versions(),
+        "versions": library_versions(spec),
         "identity": identity or {},
     })
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .dtypes import TENSOR_DTYPE
-from .files import write_file_atomic
+from ..atomic import write_file_atomic
 from .tensor_file import DamagedFile, TensorFile, TensorFileWriter
 
 SHARD_SUFFIX = ".safetensors"
@@ -48,7 +48,7 @@ class Shard:
         return self.file.array("vectors")
 
     def data_ok(self) -> bool:
-        return self.file.digest() == self.file.metadata.get("sha256")
+        return self.file.checksum_ok("sha256")
 
 
 def open_shard(path: Path, dim: int, dtype: str) -> Shard:

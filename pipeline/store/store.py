@@ -1,42 +1,54 @@
 """The feature store: a directory of feature sets, plus what the CLI needs to inspect and clean it.
 
-``<root>/<field>-<digest of (fingerprint, field)>/`` holds one set (see ``feature_set.py``).
+``<root>/<field>-<digest of (fingerprint, field[, dtype])>/`` holds one set (see ``feature_set.py``);
+beside the sets, the store keeps its own records, each written and read only through this class:
+
+    links/          which set each data set's feature sources were stored in (links.py)
+    leases/         sets being written right now, which gc must not touch (leases.py)
+    content-keys/   media file hashes remembered by file stat, per data set (content_keys.py)
+    timings/        how fast each set was computed, for cost reports (timings.py)
+
 Nothing here locks: creating a set races safely (the manifest is created with a hard link, which
 fails if another process won), and removing one renames it away first.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .content_keys import ContentKeys
 from .dtypes import STORAGE_DTYPES
 from .feature_set import FeatureSet
-from .files import is_temp, remove_tree, temp_is_abandoned, write_file_atomic
+from ..atomic import write_file_atomic
+from .files import is_temp, remove_tree, rename_away, temp_is_abandoned
 from .keys import set_name
-from .manifest import MANIFEST, new_manifest, read_manifest
+from .leases import LEASE_AGE, Lease, leased, stale_leases
+from .links import all_links, link_path, read_link, write_link
+from .manifest import MANIFEST, manifest_bytes, new_manifest, read_manifest
+from .root import default_root
 from .shards import DAMAGED_SUFFIX, SHARD_SUFFIX
+from .timings import read_timing, record_timing
 
 _SET_NAME = re.compile(r"[A-Za-z0-9_.]+-[0-9a-f]{16}")  # see keys.set_name
 
 
-def default_root(cfg=None) -> Path:
-    """The config's features directory (``<cache_dir>/features``), or ``./cache/features``."""
-    if cfg is None:
-        return Path.cwd() / "cache" / "features"
-    return Path(getattr(cfg, "features_dir", None) or Path(cfg.cache_dir) / "features")
-
-
 class FeatureStore:
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, view_dir: str | Path | None = None):
+        """``view_dir``: a directory of this user's own for the views of a read-only store
+        (default ``$MODALREC_VIEW_DIR``; with neither, such reads gather rows into memory)."""
         self.root = Path(root) if root is not None else default_root()
+        self.view_dir = view_dir
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureStore":
-        return cls(default_root(cfg))
+        store = getattr(cfg, "store", None)
+        return cls(default_root(cfg), view_dir=getattr(store, "view_dir", None))
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r})"
@@ -45,8 +57,8 @@ class FeatureStore:
 
     def open_set(self, fingerprint: str, field: str, *, dim: int, dtype: str = "float32", spec: str | None = None,
                  identity: dict | None = None) -> FeatureSet:
-        """Create the set for (fingerprint, field) or open the existing one; an existing set with
-        another dim or dtype is an error (a new encoder must have a new fingerprint)."""
+        """Create the set for (fingerprint, field, dtype) or open the existing one; an existing
+        set with another dim is an error (a new encoder must have a new fingerprint)."""
         if not isinstance(fingerprint, str) or not fingerprint:
             raise DataError(f"feature set fingerprint must be a non-empty string, got {fingerprint!r}")
         if not isinstance(field, str) or not field:
@@ -56,8 +68,10 @@ class FeatureStore:
                             f"{STORAGE_DTYPES}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise DataError(f"feature set {spec or fingerprint}/{field}: dim must be a positive integer, got {dim!r}")
-        name = set_name(fingerprint, field)
+        name = set_name(fingerprint, field, dtype)
         path = self.root / name
+        if dtype == "float32" or not (path / MANIFEST).is_file():
+            self._move_legacy(fingerprint, field)
         if not (path / MANIFEST).is_file():
             try:
                 body = new_manifest(name, fingerprint, field, dim, dtype, spec, identity)
@@ -72,14 +86,34 @@ class FeatureStore:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-        fs = FeatureSet(path)
+        fs = FeatureSet(path, self.view_dir)
         if (fs.fingerprint, fs.field) != (fingerprint, field):
             raise DataError(f"{path}: holds {fs.fingerprint}/{fs.field}, expected {fingerprint}/{field}")
-        if fs.dim != dim or fs.dtype != dtype:
-            raise DataError(f"feature set {name} ({fs._static.get('spec') or fingerprint}, field {field}) stores "
-                            f"dim {fs.dim} {fs.dtype}, asked for dim {dim} {dtype}; the encoder changed without a "
-                            f"new fingerprint, or use another dtype name")
+        if fs.dtype != dtype:  # only a set from before the dtype joined the identity that could not move
+            raise DataError(f"feature set {name} holds {fs.dtype} rows of {spec or fingerprint} (field {field}), "
+                            f"stored before the storage dtype was part of a set's identity, and "
+                            f"{set_name(fingerprint, field, fs.dtype)} exists too; remove one of them")
+        if fs.dim != dim:
+            raise DataError(f"feature set {name} ({spec or fingerprint}, field {field}) stores dim {fs.dim}, asked "
+                            f"for dim {dim}; the encoder changed without a new fingerprint")
         return fs
+
+    def _move_legacy(self, fingerprint: str, field: str) -> None:
+        """Sets stored as float16/bfloat16 before the dtype joined the identity sit under the
+        float32 name: move such a set to its own name, so a float32 set can live beside it."""
+        legacy = self.root / set_name(fingerprint, field)
+        try:
+            m = read_manifest(legacy)
+        except DataError:
+            return
+        if m.get("dtype") in (None, "float32") or (m.get("fingerprint"), m.get("field")) != (fingerprint, field):
+            return
+        target = self.root / set_name(fingerprint, field, m["dtype"])
+        try:
+            os.rename(legacy, target)  # refused when the target holds a set already
+        except OSError:
+            return
+        write_file_atomic(target / MANIFEST, manifest_bytes({**m, "name": target.name}))
 
     def _set_paths(self) -> list[Path]:
         try:
@@ -92,7 +126,7 @@ class FeatureStore:
         out = []
         for p in self._set_paths():
             try:
-                out.append(FeatureSet(p))
+                out.append(FeatureSet(p, self.view_dir))
             except DataError:
                 continue  # unreadable manifests are reported by info/gc, not fatal for listing
         return out
@@ -119,16 +153,21 @@ class FeatureStore:
             exact = [fs for fs in found if fs.name == selector]
             if len(exact) == 1:
                 return exact[0]
-            names = ", ".join(f"{fs.name} ({fs._static.get('spec') or fs.fingerprint})" for fs in found[:10])
+            names = ", ".join(f"{fs.name} ({fs.spec or fs.fingerprint})" for fs in found[:10])
             raise DataError(f"{what} matches {len(found)} feature sets: {names}; give more of the fingerprint")
         return found[0]
 
     def info(self, selector: str | None = None, *, fingerprint: str | None = None,
              field: str | None = None) -> dict[str, Any]:
-        """Manifest of one set with live counts, file counts and sizes, and some failures."""
+        """Manifest of one set with live counts, file counts and sizes, and some failures. Every
+        shard and view is checked against its checksum first (this reads the whole set once):
+        ``verified`` says how many were damaged now, ``storage.damaged`` how many are set aside."""
         fs = self.get(selector, fingerprint=fingerprint, field=field)
+        verified = fs.verify()
         out = fs.save_manifest()
+        out["verified"] = verified
         out["storage"] = fs.storage()
+        out["leases"] = len(leased(self.root, fs.path.name))
         failed = fs.failed()
         out["failed_examples"] = dict(list(failed.items())[:20])
         return out
@@ -138,37 +177,92 @@ class FeatureStore:
         chosen = self.find(selector, **kw) if (selector or kw) else self.sets()
         return {fs.name: fs.compact() for fs in chosen}
 
+    # ---------------------------------------------------------------- the store's own records
+
+    def lease(self, fingerprint: str, field: str, dtype: str = "float32", purpose: str = "write") -> Lease:
+        """``with store.lease(...):`` around creating and filling a set until it is linked: ``gc``
+        leaves the set alone meanwhile (see ``leases.py``)."""
+        return Lease(self.root, set_name(fingerprint, field, dtype), purpose)
+
+    def link_path(self, data: str, source: str, kind: str = "extract") -> Path:
+        return link_path(self.root, data, source, kind)
+
+    def write_link(self, data: str, source: str, *, fingerprint: str, field: str, set_name: str,
+                   kind: str = "extract", **details) -> dict:
+        """Record that feature source ``source`` of data set ``data`` is stored in set ``set_name``
+        (with the set's fingerprint and field, and any JSON ``details`` its reader checks)."""
+        return write_link(self.root, data, source, kind=kind, fingerprint=fingerprint, field=field,
+                          set_name=set_name, **details)
+
+    def read_link(self, data: str, source: str, kind: str = "extract") -> dict | None:
+        """The link's record (None: no link; DataError: unreadable)."""
+        return read_link(self.root, data, source, kind)
+
+    def links(self) -> list[dict]:
+        return all_links(self.root)
+
+    def linked_set(self, link: dict) -> FeatureSet | None:
+        """The set a link names, or None when it is gone."""
+        if link.get("set"):
+            path = self.root / link["set"]
+            if (path / MANIFEST).is_file():
+                fs = FeatureSet(path, self.view_dir)
+                if (fs.fingerprint, fs.field) == (link["fingerprint"], link["field"]):
+                    return fs
+            return None
+        found = [fs for fs in self.sets() if (fs.fingerprint, fs.field) == (link["fingerprint"], link["field"])]
+        return found[0] if found else None  # links written before they named the set
+
+    def content_keys(self, data: str) -> ContentKeys:
+        """The content-key cache of one data set (media file hashes remembered by stat)."""
+        return ContentKeys.at(self.root, data)
+
+    def record_timing(self, fingerprint: str, field: str, record: dict) -> bool:
+        """Keep how fast a set was computed (the largest computation's record wins)."""
+        return record_timing(self.root, fingerprint, field, record)
+
+    def timing(self, fingerprint: str, field: str) -> dict | None:
+        return read_timing(self.root, fingerprint, field)
+
     # ---------------------------------------------------------------- cleaning
 
     def gc(self, keep: Iterable[str | FeatureSet] | None = None, *, dry_run: bool = False,
-           temp_age: float = 3600.0, views: bool = False) -> dict[str, list[str]]:
+           temp_age: float = 3600.0, views: bool = False, prune_unlinked: bool = False,
+           lease_age: float = LEASE_AGE) -> dict[str, list[str]]:
         """Remove what no one needs; returns (or with ``dry_run`` only lists) what goes.
 
         - temporary files and directories of writers that are gone (a dead pid on this host,
-          or untouched for ``temp_age`` seconds when written from another host);
-        - shards and failure records set aside as damaged;
+          or untouched for ``temp_age`` seconds when written from another host), and leases
+          whose writer is gone (``leases``);
+        - shards, views and failure records set aside as damaged;
         - stale views (an older state of a key list that has a newer view), or all views with
           ``views=True`` (they are rebuilt on the next read);
-        - with ``keep`` given (selectors or FeatureSets, possibly empty): every set not kept
-          (selectors that match no set are listed under ``keep_unmatched``).
+        - with ``keep`` given (selectors or FeatureSets, possibly empty) or ``prune_unlinked``
+          (keep what a link names: extracted, imported and fine-tuned features): every set not
+          kept (selectors that match no set are listed under ``keep_unmatched``).
+
+        A set with a live lease (being written) is never removed; it is listed under ``in_use``.
         """
-        report: dict[str, list[str]] = {"temp": [], "damaged": [], "views": [], "sets": [], "keep_unmatched": []}
+        report: dict[str, list[str]] = {"temp": [], "damaged": [], "views": [], "sets": [], "leases": [],
+                                        "in_use": [], "keep_unmatched": []}
         kept: set[str] | None = None
-        if keep is not None:
+        if keep is not None or prune_unlinked:
             kept = set()
-            for k in keep:
+            for k in keep or []:
                 found = [k.name] if isinstance(k, FeatureSet) else [fs.name for fs in self.find(k)]
                 if not found:  # reported so a typo in a keep list is visible before a real run
                     report["keep_unmatched"].append(str(k))
                 kept.update(found)
-        to_remove: list[tuple[str, Path]] = []
+            if prune_unlinked:
+                kept.update(fs.name for fs in map(self.linked_set, self.links()) if fs is not None)
+        to_remove: list[tuple[str, Path]] = [("leases", p) for p in stale_leases(self.root, lease_age)]
         for entry in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if is_temp(entry.name):
                 if temp_is_abandoned(entry, temp_age):
                     to_remove.append(("temp", entry))
             elif entry.is_dir() and not (entry / MANIFEST).exists():
                 # a set whose creator died before its manifest existed: only temporaries inside
-                if _SET_NAME.fullmatch(entry.name) and all(
+                if _SET_NAME.fullmatch(entry.name) and not leased(self.root, entry.name, lease_age) and all(
                         is_temp(p.name) and temp_is_abandoned(p, temp_age) for p in entry.iterdir()):
                     to_remove.append(("temp", entry))
             elif entry.is_dir():
@@ -177,22 +271,45 @@ class FeatureStore:
                 except DataError:
                     continue  # not ours to judge; info reports it
                 if kept is not None and name not in kept:
-                    to_remove.append(("sets", entry))
+                    in_use = leased(self.root, entry.name, lease_age)
+                    to_remove.append(("in_use" if in_use else "sets", entry))
                 else:
                     to_remove += _leftovers(entry, temp_age, views)
         for kind, p in to_remove:
-            report[kind].append(str(p))
-            if dry_run:
-                continue
-            if p.is_dir():
-                remove_tree(p)
+            if kind == "in_use" or dry_run:
+                report[kind].append(str(p))
+            elif kind == "sets":
+                report["sets" if self._remove_set(p, lease_age) else "in_use"].append(str(p))
             else:
-                p.unlink(missing_ok=True)
+                report[kind].append(str(p))
+                if p.is_dir():
+                    remove_tree(p)
+                else:
+                    p.unlink(missing_ok=True)
+                if kind == "leases":
+                    _rmdir_if_empty(p.parent)
         return report
+
+    def _remove_set(self, path: Path, lease_age: float) -> bool:
+        """Delete a set unless a writer leased it meanwhile: checked again once it is renamed
+        away, and then put back (a writer takes its lease before it opens the set)."""
+        if leased(self.root, path.name, lease_age):
+            return False
+        trash = rename_away(path)
+        if leased(self.root, path.name, lease_age):
+            try:
+                os.rename(trash, path)
+                return False
+            except OSError:
+                pass  # the writer already made a new, empty set there: this one is lost to it anyway
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     # ---------------------------------------------------------------- MMRec interop
 
     def import_mmrec(self, source: str | Path, item_ids: list[str] | None = None, **kw) -> dict[str, FeatureSet]:
+        """See ``mmrec_io.import_mmrec``; ``link=(data set, source name)`` records the import as
+        a link (kind ``mmrec``) before its lease ends, so ``gc --prune-unlinked`` keeps it."""
         from .mmrec_io import import_mmrec
 
         return import_mmrec(self, source, item_ids, **kw)
@@ -203,6 +320,13 @@ class FeatureStore:
 
         fs = feature_set if isinstance(feature_set, FeatureSet) else self.get(feature_set)
         return export_mmrec(fs, item_ids, out_dir, name, keys=keys)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _matches(fs: FeatureSet, selector: str | None, fingerprint: str | None, field: str | None) -> bool:

@@ -18,11 +18,12 @@ import json
 import math
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .files import fsync_dir, temp_path
+from ..atomic import fsync_dir, temp_path
 
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "U8": np.dtype("u1"),
           "BOOL": np.dtype("?")}
@@ -202,3 +203,32 @@ class TensorFile:
 
     def digest(self, tensor: str | None = None) -> str:
         return _digest(self.path, self.data_start, self.entries, tensor)
+
+    def checksum_ok(self, field: str, tensor: str | None = None) -> bool:
+        """Whether metadata ``field`` holds the sha256 of ``tensor`` (None: all tensor bytes).
+
+        A match is remembered for this process by the file's identity and stat, so checking the
+        same unchanged file again costs one stat: any rewrite changes its ctime. Not for a file
+        changed within the last ``_RACY_NS``, whose next change may keep the same coarse timestamp.
+        """
+        expected = self.metadata.get(field)
+        if not expected:
+            return False
+        st = os.stat(self.path)
+        ident = (str(self.path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, field, expected)
+        if ident in _MATCHED:
+            return True
+        if self.digest(tensor) != expected:
+            return False
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+            _MATCHED.add(ident)
+        return True
+
+
+_MATCHED: set[tuple] = set()  # checksums that matched in this process (see TensorFile.checksum_ok)
+_RACY_NS = 2_000_000_000
+
+
+def forget_checksums() -> None:
+    """Check every file again when next opened (as a new process would; for measuring the check)."""
+    _MATCHED.clear()

@@ -6,36 +6,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ModalrecError
-from .trainer import mean_std, run_dir_for, train
+from .callbacks import ExportFinetuned
+from .run import Run, run_dir_for
+from .trainer import mean_std, train
 
 
 def needed_features(cfg: Config) -> list[str]:
-    """The feature sets the configured model reads (its tower's, and FREEDOM's graph's)."""
-    m = cfg.model
-    names: list[str] = []
-    if m.item_tower is not None:
-        names += m.item_tower.features
-    elif m.name == "vbpr":
-        names += list(cfg.features)
-    if m.name == "freedom":
-        names += list(m.freedom.feature_weights or cfg.features)
-    return list(dict.fromkeys(names))
+    """The feature sets the configured model reads: its item tower's and its own (FREEDOM's graph)."""
+    configured = list(cfg.features)
+    return list(dict.fromkeys([*cfg.model.tower(configured).features, *cfg.model.params.extra_features(configured)]))
 
 
-def run_training(cfg: Config, data: PreparedData, resume: bool = False, accelerator=None) -> dict[str, Any]:
-    """Train once per seed (``train.seeds``, else ``train.seed``); several seeds add mean and std."""
+def run_training(cfg: Config, data: PreparedData, resume: bool = False, accelerator=None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Train once per seed (``train.seeds``, else ``train.seed``); several seeds add mean and std.
+    End-to-end runs (live encoders) also export their fine-tuned features when they finish."""
     from ..features import load_features
     from ..live import load_live
 
     features = load_features(cfg, data, needed_features(cfg))
     live = load_live(cfg, data, accelerator)
+    callbacks = [ExportFinetuned(cfg, data)] if live else []
     seeds = cfg.train.seeds or [cfg.train.seed]
-    results = [train(cfg, data, features, seed=s, resume=resume, accelerator=accelerator, live=live) for s in seeds]
+    results = [train(cfg, data, features, seed=s, resume=resume, overwrite=overwrite, accelerator=accelerator,
+                     live=live, callbacks=callbacks) for s in seeds]
     if len(results) == 1:
         return results[0]
     return {"model": cfg.model.name, "data": cfg.data.name, "seeds": seeds, "runs": results, **mean_std(results)}
@@ -47,18 +45,18 @@ def load_run(run_dir: str | Path) -> tuple[Config, PreparedData, torch.nn.Module
     from ..live import load_live
     from ..models import build_model
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "best.safetensors").is_file():
-        raise ModalrecError(f"{run_dir}: no trained model here (best.safetensors); run `modalrec train` first")
-    cfg = load_config(run_dir / "config.yaml")
+    run = Run(run_dir)
+    if not run.best_path.is_file():
+        raise ModalrecError(f"{run.path}: no trained model here ({Run.BEST}); run `modalrec train` first")
+    cfg = load_config(run.config_path)
     data = PreparedData.load(cfg.prepared_dir)
     seed = cfg.train.seed  # the trainer saved the run's own seed here
     features = load_features(cfg, data, needed_features(cfg))
     model = build_model(cfg.model, data, features, cfg.cache_dir, seed, live=load_live(cfg, data),
                         encode_batch_size=cfg.train.encode_batch_size)
-    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    run.load_best(model)
     model.eval()
     return cfg, data, model
 
 
-__all__ = ["load_run", "needed_features", "run_dir_for", "run_training", "train"]
+__all__ = ["Run", "load_run", "needed_features", "run_dir_for", "run_training", "train"]

@@ -2,20 +2,23 @@
 
 A grid (every combination) or a random sample of it; each trial is a normal training run with
 its overrides, so any trial can be reproduced with ``modalrec train CONFIG <its overrides>``.
-The test metric of the chosen trial is reported, never used to choose.
+The test metric of the chosen trial is reported, never used to choose. ``pipeline.api.tune``
+trains the trials; this module plans them and selects.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..errors import ConfigError
+from .run import config_digest
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -41,17 +44,38 @@ def trials(grid: dict[str, list[str]], n_random: int | None, seed: int) -> list[
     return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in combos]
 
 
-def search(config: str | Path, overrides: list[str], grid: dict[str, list[str]], n_random: int | None,
-           train_fn, data_fn) -> dict[str, Any]:
-    """Run every trial; return them all plus the one with the best validation metric."""
+@dataclass
+class Trial:
+    """One point of the grid: its overrides and the config they make."""
+
+    index: int
+    overrides: list[str]
+    cfg: Config
+
+
+def plan_trials(config: str | Path | Config, overrides: list[str], grid: dict[str, list[str]],
+                n_random: int | None) -> tuple[str, list[Trial]]:
+    """(the validation metric that selects, every trial to train), each trial under its own run name."""
     base = load_config(config, overrides)
-    metric = base.train.valid_metric
-    results = []
+    out = []
     for i, trial in enumerate(trials(grid, n_random, base.train.seed)):
-        cfg = load_config(config, [*overrides, *trial, f"train.run_name=tune-{base.data.name}-{i:03d}"])
-        r = train_fn(cfg, data_fn(cfg))
-        valid = r["valid"][metric]["mean"] if "runs" in r else r["valid"][metric]
-        test = r["test"][metric]["mean"] if "runs" in r else r["test"][metric]
-        results.append({"trial": i, "overrides": trial, "valid": valid, "test": test})
-    best = max(results, key=lambda t: t["valid"])
-    return {"metric": metric, "selected_on": "valid", "best": best, "trials": results}
+        cfg = load_config(config, [*overrides, *trial])
+        # the config's hash in the name: a later search with another grid never meets this trial's run
+        name = f"tune-{base.data.name}-{i:03d}-{config_digest(cfg)[:8]}"
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
+        out.append(Trial(i, trial, cfg))
+    return base.train.valid_metric, out
+
+
+def trial_record(trial: Trial, result: dict[str, Any], metric: str) -> dict[str, Any]:
+    """What a trained trial scored (the mean over seeds when it ran several)."""
+    several = "runs" in result
+    valid = result["valid"][metric]["mean"] if several else result["valid"][metric]
+    test = result["test"][metric]["mean"] if several else result["test"][metric]
+    return {"trial": trial.index, "overrides": trial.overrides, "valid": valid, "test": test}
+
+
+def select_on_valid(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Every trial plus the one with the best validation metric; test is reported, never used."""
+    best = max(records, key=lambda t: t["valid"])
+    return {"metric": metric, "selected_on": "valid", "best": best, "trials": records}

@@ -3,6 +3,8 @@
 Read it top to bottom: build data, model and optimizer; ``accelerator.prepare``; then per epoch
 train, evaluate on validation, keep the best weights, checkpoint, stop early. The test split is
 evaluated only with the weights of the best validation epoch (never used for selection).
+The run directory (config, checkpoints, best weights, result) is the ``Run``'s; what a track
+does besides training (the end-to-end track's export of fine-tuned features) is a callback.
 Multi-GPU and multi-node come from ``accelerate launch``, not from code here.
 """
 
@@ -12,11 +14,11 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import resource
-import shutil
 import statistics
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +26,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import Config, save_config
+from ..config import Config
 from ..data import PreparedData
 from ..errors import ConfigError, ModalrecError
 from ..eval import Evaluator
 from ..models import build_model
-from .checkpoint import load_checkpoint, save_checkpoint
+from .callbacks import Callback
 from .cpu_memory import keep_freed_memory
-
-
-def run_dir_for(cfg: Config, seed: int) -> Path:
-    name = cfg.train.run_name or f"{cfg.data.name}-{cfg.model.name}"
-    return cfg.runs_dir / f"{name}-s{seed}"
+from .run import Run
 
 
 def evaluators(cfg: Config, data: PreparedData) -> tuple[Evaluator, Evaluator]:
@@ -48,7 +45,7 @@ def evaluators(cfg: Config, data: PreparedData) -> tuple[Evaluator, Evaluator]:
               skip_cold_users=cfg.eval.skip_cold_users)
     return (Evaluator(data.n_users, data.n_items, train, valid, **kw),
             Evaluator(data.n_users, data.n_items, train, test, also_mask=valid if cfg.eval.mask_valid_in_test else None,
-                      **kw))
+                      long_tail_share=cfg.eval.long_tail_share if cfg.eval.long_tail_slice else None, **kw))
 
 
 def _evaluate(model, evaluator: Evaluator, split: str, device, cold_slice: bool) -> dict[str, float]:
@@ -59,21 +56,10 @@ def _evaluate(model, evaluator: Evaluator, split: str, device, cold_slice: bool)
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam(W) over the trainable parameters; live encoders' own learning rate and weight decay."""
-    from ..models.live import live_towers
-
-    in_encoders = {id(p) for t in live_towers(model) for p in t.encoders.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in in_encoders]}]
-    encoder_params = [p for p in trainable if id(p) in in_encoders]
-    if encoder_params:
-        t = cfg.train
-        groups.append({"params": encoder_params, "lr": t.encoder_lr or t.lr,
-                       "weight_decay": t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay})
-    groups = [g for g in groups if g["params"]]
+    """Adam(W) over the groups the model asks for (live encoders: their own rate and decay)."""
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters; the per-tensor loop is most of a small model's step on CPU
-    return opt_cls(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
+    return opt_cls(model.param_groups(cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
 
 
 def _look_up_packages_once() -> None:
@@ -95,34 +81,34 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None = None, resume: bool = False,
-          accelerator: Accelerator | None = None, live: dict | None = None) -> dict[str, Any]:
+          overwrite: bool = False, accelerator: Accelerator | None = None, live: dict | None = None,
+          callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train ``cfg.model`` on ``data``; returns the result object ``modalrec train --json`` prints.
-    ``live``: the live encoders' sources (``pipeline.live.load_live``); each run trains a copy."""
+    ``live``: the live encoders' sources (``pipeline.live.load_live``); each run trains a copy.
+    ``resume`` continues the run's last checkpoint; ``overwrite`` replaces a run of that name
+    trained with another config (refused otherwise)."""
     if cfg.model is None:
         raise ConfigError("no `model` section: name a model, e.g. model.name=bpr")
     seed = cfg.train.seed if seed is None else seed
-    run_dir = run_dir_for(cfg, seed)
+    run = Run.for_config(cfg, seed)
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
                                              gradient_accumulation_steps=cfg.train.grad_accum,
                                              log_with="tensorboard" if cfg.train.tensorboard else None,
-                                             project_dir=str(run_dir))
+                                             project_dir=str(run.path))
     set_seed(seed)
     if accelerator.device.type == "cpu" and cfg.train.keep_freed_memory:
         keep_freed_memory()
     main = accelerator.is_main_process
-    if main:
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # a fresh run; --resume continues an old one instead
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # the run's own seed, so the saved config alone rebuilds this run (evaluate, recommend)
-        save_config(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, "seeds": None})}),
-                    run_dir / "config.yaml")
-    accelerator.wait_for_everyone()
-
     if live:  # every seed starts from the same pretrained encoders
         live = {n: dataclasses.replace(src, encoder=copy.deepcopy(src.encoder)) for n, src in live.items()}
     model = build_model(cfg.model, data, features, cfg.cache_dir, seed, live=live,
                         encode_batch_size=cfg.train.encode_batch_size)
+    # the config is sound (the model builds): now the run directory may be checked and set up
+    run.check(cfg, seed, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()  # every process has checked before the main one changes anything
+    if main:
+        run.prepare(cfg, seed, resume=resume)
+    accelerator.wait_for_everyone()
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = _optimizer(cfg, model)
     warmup = cfg.train.warmup_steps
@@ -142,9 +128,10 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     state: dict[str, Any] = {"epoch": 0, "best_epoch": -1, "best_score": -1.0, "bad_epochs": 0, "history": [],
                              "valid": {}, "test": {}}
     if resume:
-        state = load_checkpoint(run_dir / "checkpoint", core, optimizer, scheduler)
+        state = run.load_checkpoint(core, optimizer, scheduler, report=main)
         if main:
-            print(f"resuming {run_dir} at epoch {state['epoch']}", flush=True)
+            run.save_config(cfg, seed)  # with the budget it now trains to
+            print(f"resuming {run.path} at epoch {state['epoch']}", file=sys.stderr, flush=True)
     if cfg.train.tensorboard:
         accelerator.init_trackers("tb")
     metric = cfg.train.valid_metric
@@ -186,8 +173,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                 state.update(best_score=valid[metric], best_epoch=epoch, bad_epochs=0, valid=valid)
                 state["test"] = _evaluate(core, test_eval, "test", accelerator.device, cfg.eval.cold_slice)
                 if main:
-                    save_file({k: v.detach().contiguous().cpu() for k, v in core.state_dict().items()},
-                              str(run_dir / "best.safetensors"))
+                    run.save_best(core)
             else:
                 state["bad_epochs"] += 1
         state["history"].append(record)
@@ -195,23 +181,23 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
         accelerator.log({"train/loss": record["loss"], **{f"valid/{k}": v for k, v in record.get("valid", {}).items()}},
                         step=epoch)
         if main:
-            save_checkpoint(run_dir / "checkpoint", core, optimizer, state, scheduler)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{state['best_score']:.4f}"})
+            run.save_checkpoint(core, optimizer, state, scheduler)
+        # no metric before the first evaluation: -1 would read as a score
+        bar.set_postfix(loss=f"{record['loss']:.4f}",
+                        **({metric: f"{state['best_score']:.4f}"} if state["best_epoch"] >= 0 else {}))
         bar.update(1)
     bar.close()
     for tracker in accelerator.trackers:  # not end_training(): that also ends the process group, and
-        tracker.finish()  # the export below and any further seeds still need it
+        tracker.finish()  # the callbacks and any further seeds still need it
 
-    result = summarize(cfg, state, seed, run_dir)
+    result = summarize(cfg, state, seed, run.path)
     result.update(trainable_params=trainable_params, peak_memory_mb=_peak_memory_mb(accelerator.device))
-    if live and main:  # the catalog as the best encoders see it: features frozen models can read
-        from ..live import export_finetuned
-
-        core.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-        result["finetuned_features"] = export_finetuned(cfg, data, core, run_dir)
+    if main:
+        for callback in callbacks:
+            callback.on_end(run, core, result)
     accelerator.wait_for_everyone()
     if main:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        run.finish(result)
     return result
 
 

@@ -1,0 +1,61 @@
+"""``build_model``: the recommender a `model` config section names, with its item tower. The
+factory only looks the name up; everything about a model is in its registered class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .base import Recommender
+from .live import LiveEncoders
+from .registry import MODELS, BuildContext
+from .towers import CombinedTower, FeatureTower, IdTower, ItemTower
+
+
+@dataclass
+class LoadedFeature:
+    """A feature set aligned to the catalog: ``values[i]`` is item i, ``mask[i]`` says it exists."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    fingerprint: str
+
+
+def make_item_tower(tcfg, n_items: int, dim: int, features: dict[str, LoadedFeature], id_init: str,
+                    live: dict | None = None, encode_batch_size: int = 256) -> ItemTower:
+    """The item tower ``tcfg`` (a ``TowerConfig``) describes: id embeddings initialised by
+    ``id_init``, cached feature sets, live encoders, or several of these combined."""
+    parts: list[ItemTower] = []
+    if tcfg.ids:
+        parts.append(IdTower(n_items, dim, init=id_init))
+    if tcfg.features:
+        chosen = {n: features[n] for n in tcfg.features}
+        parts.append(FeatureTower({n: f.values for n, f in chosen.items()}, {n: f.mask for n, f in chosen.items()},
+                                  dim, fusion=tcfg.fusion, fill=tcfg.fill, trainable_features=tcfg.trainable_features))
+    if tcfg.live:
+        if live is None or set(live) != set(tcfg.live):
+            raise ConfigError("model.item_tower.live: the live encoders were not loaded (pipeline.live.load_live)")
+        parts.append(LiveEncoders({n: live[n] for n in tcfg.live}, dim, fusion=tcfg.fusion, fill=tcfg.fill,
+                                  encode_batch_size=encode_batch_size))
+    return parts[0] if len(parts) == 1 else CombinedTower(parts, tcfg.combine)
+
+
+def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path, seed: int,
+                live: dict | None = None, encode_batch_size: int = 256) -> Recommender:
+    """The recommender named by ``model.name`` (``mcfg``, a ``ModelConfig``) with its item tower,
+    for a ``PreparedData``. ``live``: the ``LiveSource`` of each live encoder
+    (``pipeline.live.load_live``)."""
+    spec = mcfg.params
+    tcfg = mcfg.tower(list(features))
+    if tcfg.live and spec.no_live_encoders:
+        takers = [n for n in MODELS if not MODELS.get(n).no_live_encoders]
+        raise ConfigError(f"model {mcfg.name} {spec.no_live_encoders}; use {', '.join(takers)} with "
+                          "model.item_tower.live")
+
+    def tower(id_init: str) -> ItemTower:
+        return make_item_tower(tcfg, data.n_items, mcfg.dim, features, id_init, live, encode_batch_size)
+
+    return spec.build(BuildContext(data, features, tcfg, Path(cache_dir), seed, tower))
