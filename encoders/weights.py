@@ -8,7 +8,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
@@ -18,6 +18,7 @@ from .base import WeightsNotFoundError
 from .file_hashes import sha256_file, sha256_tree
 
 _offline_lock = threading.RLock()
+T = TypeVar("T")
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
 
 
@@ -137,6 +138,19 @@ def _reason(exc: BaseException) -> str:
 
 
 _EXAMPLES = {"open_clip": "open_clip:ViT-B-32@/path/open_clip_model.safetensors' or 'open_clip:/path/folder"}
+_OFFLINE_NOTE = "offline mode is on (offline=True or HF_HUB_OFFLINE=1), so nothing was downloaded"
+
+
+class NotCachedError(WeightsNotFoundError):
+    """A hub model that is not on this machine; raised before or instead of asking the hub."""
+
+    def __init__(self, backend: str, name: str, reason: str, note: str | None):
+        example = _EXAMPLES.get(backend, f"{backend}:/path/to/model")
+        how = ("download it where the hub is reachable and pass the local path instead "
+               f"(spec '{example}'), or set HF_HOME to a cache that holds it")
+        super().__init__(f"{backend}: cannot load weights for {name!r} ({reason}); {how}"
+                         + (f"; {note}." if note else "."))
+        self.backend, self.name, self.reason = backend, name, reason
 
 
 @contextlib.contextmanager
@@ -147,16 +161,70 @@ def loading(backend: str, name: str, *, offline: bool, local: bool) -> Iterator[
     except ModalrecError:
         raise
     except _hub_error_types() as exc:
-        if local:
-            how = f"check that it holds a checkpoint that {backend} can read"
-        else:
-            example = _EXAMPLES.get(backend, f"{backend}:/path/to/model")
-            how = ("download it where the hub is reachable and pass the local path instead "
-                   f"(spec '{example}'), or set HF_HOME to a cache that holds it")
-            if offline:
-                how += "; offline mode is on (offline=True or HF_HUB_OFFLINE=1), so nothing was downloaded"
+        if not local:
+            raise NotCachedError(backend, name, _reason(exc), _OFFLINE_NOTE if offline else None) from None
         raise WeightsNotFoundError(
-            f"{backend}: cannot load weights for {name!r} ({_reason(exc)}); {how}.") from None
+            f"{backend}: cannot load weights for {name!r} ({_reason(exc)}); check that it holds a checkpoint "
+            f"that {backend} can read.") from None
+
+
+# The hub is asked once per process whether it answers (per endpoint and proxy settings), with
+# one short timeout: the hub clients' own retries take minutes on a machine without network.
+HUB_TIMEOUT_S = 3.0
+_hub_answers: dict[tuple, str | None] = {}
+_hub_lock = threading.Lock()
+
+
+def hub_unreachable(endpoint: str | None = None) -> str | None:
+    """None when the model hub answers; otherwise why it does not (one line)."""
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = (endpoint or hub_constants.ENDPOINT).rstrip("/")
+    proxies = tuple(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                  "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"))
+    key = (endpoint, proxies)
+    with _hub_lock:
+        if key not in _hub_answers:
+            try:
+                status = get_session().head(endpoint, timeout=HUB_TIMEOUT_S, follow_redirects=False).status_code
+                _hub_answers[key] = f"it answered HTTP {status}" if status >= 500 else None
+            except Exception as exc:  # any failure to get an answer means: no hub for this process
+                _hub_answers[key] = _reason(exc)
+        return _hub_answers[key]
+
+
+def local_first(build: Callable[[bool], T], offline: bool) -> T:
+    """Build an encoder from what this machine holds, asking the hub only when that is not enough.
+
+    ``build(offline)`` runs once with every hub client kept local, so a packaged, local or
+    hub-cached model never touches the network. A hub model that is not cached then costs one
+    quick check that the hub answers (once per process); without an answer it fails at once with
+    the reason, instead of after minutes of the hub clients' retries.
+    """
+    with hub_offline(True):
+        try:
+            return build(offline)
+        except NotCachedError as exc:
+            if offline:
+                raise
+            missing = exc
+        except ModalrecError:
+            raise
+        except Exception:  # a backend of someone else's that needs its own network: try it online
+            if offline:
+                raise
+            missing = None
+    if missing is not None:
+        import huggingface_hub.constants as hub_constants
+
+        why = hub_unreachable()
+        if why is not None:
+            raise NotCachedError(missing.backend, missing.name, missing.reason,
+                                 f"the hub ({hub_constants.ENDPOINT}) does not answer ({why}; checked once per "
+                                 f"process with a {HUB_TIMEOUT_S:g} s timeout), so this machine is taken as "
+                                 f"offline and nothing was downloaded") from None
+    return build(offline)
 
 
 def hub_identity(repo_id: str, revision: str | None, module: torch.nn.Module,

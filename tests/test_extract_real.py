@@ -1,5 +1,5 @@
 """`modalrec extract` with the shipped hm and emotify configs on real files: H&M product photos
-and texts (resnet18 random-init + the real all-MiniLM-L6-v2) and Emotify mp3 clips
+and texts (the ImageNet EfficientNet-Lite0 + the real all-MiniLM-L6-v2) and Emotify mp3 clips
 (wav2vec2-demo random-init), each on a slice of the data set so the test stays short.
 
 Skipped, saying where they looked, when ../shared/data (or $MODALREC_DATA) is absent.
@@ -56,7 +56,7 @@ def test_hm_photos_and_texts(tmp_path, capsys, monkeypatch):
                  "data.split.protocol=cold_start", "data.split.cold_items=0.3", "extract.batch_size=8"]
 
     first = extract(capsys, CONFIGS / "hm.yaml", overrides)
-    assert (first["image"]["computed"], first["image"]["dim"], first["image"]["failed"]) == (40, 512, 0)
+    assert (first["image"]["computed"], first["image"]["dim"], first["image"]["failed"]) == (40, 1280, 0)
     assert (first["text"]["computed"], first["text"]["dim"], first["text"]["failed"]) == (40, 384, 0)
 
     again = warm_run_builds_nothing(capsys, monkeypatch, CONFIGS / "hm.yaml", overrides)
