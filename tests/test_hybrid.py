@@ -1,6 +1,5 @@
 """Towers that mix ids with content: unseen items carry no id noise, id dropout trains the
-content path alone, MMRec's behaviour stays selectable, and the hybrid pays on warm and cold
-items of the demo."""
+content path alone, MMRec's behaviour stays selectable."""
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,6 @@ from pipeline.models import LoadedFeature, build_model
 from pipeline.models.factory import MIXED_ID_DROPOUT
 from pipeline.models.mf import MF
 from pipeline.models.towers import CombinedTower, FeatureTower, IdTower
-from pipeline.train import train
 
 from conftest import REPO
 
@@ -135,3 +133,25 @@ def test_id_dropout_drops_about_its_rate_per_item_row():
     dropped = float((rows.abs().sum(1) == 0).float().mean())
     assert abs(dropped - 0.3) < 0.02, dropped
     assert torch.count_nonzero(tower.eval()(torch.arange(100)).abs().sum(1)) == 100
+
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.75, 1.0])
+def test_hybrid_reads_isolated_items_at_their_weight(weight):
+    """An item without training interactions reads weight x its own tower vector; weight
+    1/(n_layers+1) is LightGCN's mean readout, and trained items read exactly LightGCN's."""
+    from pipeline.models.hybrid import HybridGCN
+    from pipeline.models.lightgcn import LightGCN
+
+    torch.manual_seed(0)
+    users, items = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 3])  # items 4, 5 unseen
+    known = torch.from_numpy(np.bincount(items, minlength=6) > 0)
+    tower = CombinedTower([IdTower(6, 4, known=known), FeatureTower({"a": torch.randn(6, 3)},
+                                                                    {"a": torch.ones(6, dtype=torch.bool)}, 4)])
+    hybrid = HybridGCN(3, tower, users, items, n_layers=1, isolated_weight=weight).eval()
+    plain = LightGCN(3, tower, users, items, n_layers=1)
+    plain.user.load_state_dict(hybrid.user.state_dict())
+    with torch.no_grad():
+        (hu, hi), (pu, pi), own = hybrid.embeddings(), plain.embeddings(), tower()
+    assert torch.equal(hu, pu) and torch.equal(hi[:4], pi[:4])
+    assert torch.allclose(hi[4:], weight * own[4:]) and torch.allclose(pi[4:], 0.5 * own[4:])

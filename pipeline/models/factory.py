@@ -26,7 +26,7 @@ class LoadedFeature:
 
 
 # the share of items trained without their id vector in a tower that mixes ids with content,
-# chosen on validation (benchmarks/README.md, "Warm and cold items")
+# (benchmarks/README.md, `hybrid.py`)
 MIXED_ID_DROPOUT = 0.2
 
 

@@ -57,20 +57,3 @@ class VBPRSpec(ModelSpec):
         return MF(ctx.data.n_users, ctx.item_tower("xavier_uniform"), reg_weight=self.reg_weight,
                   user_init="xavier_uniform")
 
-
-@register_model("hybrid")
-class HybridSpec(ModelSpec):
-    """The default content model: matrix factorisation over item ids + every feature set, where
-    items without training interactions score from content alone (``unseen_ids: zero``) and
-    training drops ids at a rate so the content part learns to carry an item
-    (``model.item_tower.id_dropout``). Unlike VBPR it takes any tower: ids alone make it BPR,
-    features alone a content-only MF. Defaults chosen on validation (benchmarks/README.md)."""
-
-    reg_weight: float = Field(0.01, ge=0)
-
-    def default_tower(self, features: list[str]) -> dict[str, Any]:
-        return {"features": features}
-
-    def build(self, ctx: BuildContext) -> MF:
-        return MF(ctx.data.n_users, ctx.item_tower("xavier_uniform"), reg_weight=self.reg_weight,
-                  user_init="xavier_uniform")
