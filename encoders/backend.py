@@ -39,6 +39,20 @@ class WeightsLocation:
     builtin: tuple[str, ...] = ()
 
 
+
+def installed_versions(libraries: dict[str, str]) -> dict[str, str]:
+    """``{import name: version}`` of those of ``libraries`` (import name -> distribution name)
+    that are installed, read from package metadata without importing them."""
+    out = {}
+    for module, dist in libraries.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
+            out[module] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
 class Backend:
     """Subclass, set ``prefix`` (and ``libraries``, ``aliases``), implement `create`; decorate the
     class with ``@encoders.register_backend`` or name it in the ``modalrec.encoders`` entry points."""
@@ -57,15 +71,7 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         """Installed versions of ``libraries`` (read from package metadata; nothing is imported)."""
-        out = {}
-        for module, dist in self.libraries.items():
-            if importlib.util.find_spec(module) is None:
-                continue
-            try:
-                out[module] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return out
+        return installed_versions(self.libraries)
 
     def enable_gradient_checkpointing(self, encoder: "Encoder") -> bool:
         """Turn the library's checkpointing on; False when the encoder has none.

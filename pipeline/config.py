@@ -102,6 +102,12 @@ class TowerConfig(Section):
     combine: Literal["concat", "sum"] = "concat"  # how the id part and the feature part meet
     fill: Literal["zeros", "mean", "learned"] = "mean"  # rows a feature set lacks (the store's mask)
     trainable_features: bool = False  # fine-tune the cached vectors themselves (MMRec does, silently)
+    # ids mixed with content (features or live): items without training interactions get a zero
+    # id vector (zero), or keep their untrained one (keep: MMRec); null: zero when mixed, else keep
+    unseen_ids: Literal["zero", "keep"] | None = None
+    # ids mixed with content: the share of items in a batch trained without their id vector
+    # (DropoutNet); null: the models' default for mixed towers (MIXED_ID_DROPOUT), 0 for ids alone
+    id_dropout: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _something(self) -> "TowerConfig":
@@ -152,7 +158,15 @@ class ModelConfig(Section):
     def tower(self, features: list[str]) -> TowerConfig:
         """The item tower: ``item_tower`` as given, else the model's default over ``features``
         (the names of the feature sets available)."""
-        return self.item_tower if self.item_tower is not None else TowerConfig(**self.params.default_tower(features))
+        default = self.params.default_tower(features)
+        given = self.item_tower
+        if given is None:
+            return TowerConfig(**default)
+        # only how ids behave (e.g. MMRec's `unseen_ids: keep, id_dropout: 0`): the model's own
+        # tower with those settings; naming ids, features or live describes the whole tower
+        if not given.model_fields_set & {"ids", "features", "live"}:
+            return TowerConfig(**{**default, **given.model_dump(include=given.model_fields_set)})
+        return given
 
 
 class TrainConfig(Section):

@@ -21,13 +21,15 @@ config overrides, e.g. ``data.demo.n_items=300``.
     python recipes/demo.py
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from pipeline.cli import main
+from pipeline import api, summaries
 from pipeline.compare import compare_dir
 from pipeline.config import load_config
+from pipeline.errors import ModalrecError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -43,12 +45,6 @@ def quick_overrides() -> list[str]:
     budget = {**load_config(COMPARE).compare.common, "train.epochs": 1, "train.patience": 1}
     return [f"cache_dir={quick}", f"data.root={quick / 'demo-raw'}", "data.demo.n_items=300",
             "data.demo.n_users=300", "train.epochs=2", "compare.seeds=[1]", f"compare.common={json.dumps(budget)}"]
-
-
-def run(*command: str, overrides: tuple[str, ...] = (), config: str = CONFIG, extra: list[str]) -> None:
-    code = main([*command, config, *overrides, *extra])
-    if code:
-        sys.exit(code)
 
 
 def _value(arm: dict, key: str, seeds: int) -> str:
@@ -79,16 +75,35 @@ def summary(report_dir: Path) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    extra = [*quick_overrides(), *(a for a in args if a != "--quick")] if "--quick" in args else args
-    run("data", "prepare", extra=extra)
-    run("extract", extra=extra)
+def demo(extra: list[str]) -> Path:
+    """Every step of the demo with the same overrides; returns the compare report's folder."""
+    summaries.print_stats(api.prepare(CONFIG, extra).stats())
+    cfg = api.configure(CONFIG, extra)
+    summaries.print_extract({"store": str(cfg.features_dir),
+                             "feature_sets": [r.to_dict() for r in api.extract(cfg)]})
     for model in ("bpr", "vbpr"):
         print(f"\n== {model} ==")
-        run("train", overrides=(f"model.name={model}",), extra=extra)
+        summaries.print_train(api.train(CONFIG, [f"model.name={model}", *extra]))
     print("\n== end to end: small CLIP, image + text towers fine-tuned (2 epochs) ==")
-    run("train", overrides=("train.epochs=2",), config=E2E, extra=extra)
+    summaries.print_train(api.train(E2E, ["train.epochs=2", *extra]))
     print("\n== compare: frozen vs fine-tuned, every arm on the same budget ==")
-    run("compare", config=COMPARE, extra=extra)
-    print(summary(compare_dir(load_config(COMPARE, extra)) / "report"))
+    summaries.print_compare(api.compare(COMPARE, extra))
+    return compare_dir(load_config(COMPARE, extra)) / "report"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller demo (CI runs it), under cache/quick/")
+    args, overrides = parser.parse_known_args()
+    extra = [*quick_overrides(), *overrides] if args.quick else overrides
+    try:
+        report_dir = demo(extra)
+    except ModalrecError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    print(summary(report_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -56,3 +56,4 @@ class VBPRSpec(ModelSpec):
             raise ConfigError("model vbpr needs features: add a `features` section (or model.item_tower.features)")
         return MF(ctx.data.n_users, ctx.item_tower("xavier_uniform"), reg_weight=self.reg_weight,
                   user_init="xavier_uniform")
+

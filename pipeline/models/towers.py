@@ -1,7 +1,9 @@
 """Item towers: where item vectors come from. Models ask a tower for item vectors and do not
 care whether they are id embeddings, frozen cached features, or (end-to-end) live encoders.
 
-- ``IdTower``: one learned vector per item.
+- ``IdTower``: one learned vector per item; in a tower that mixes ids with content, items with
+  no training interaction read a zero id vector and ids can be dropped per item while training
+  (``unseen`` / ``dropout``, below).
 - ``FeatureTower``: cached feature sets (frozen unless ``trainable_features``), each possibly
   missing for some items (a mask from the store), filled by policy, projected and fused.
 - ``LiveEncoders`` (``live.py``): raw item content through encoders trained end to end.
@@ -43,16 +45,46 @@ class ItemTower(nn.Module, ABC):
         """Vectors ``[len(items), dim]``, or ``[n_items, dim]`` for all items when ``items`` is None."""
 
 
+UNSEEN_IDS = ("zero", "keep")
+
+
 class IdTower(ItemTower):
-    def __init__(self, n_items: int, dim: int, init: str = "xavier_normal"):
+    """One learned vector per item.
+
+    ``known`` (a bool per item: has training interactions) zeroes the id vector of every other
+    item, in training and in ranking. An untrained id row is noise, and in training it is
+    worse: those items are sampled as negatives, so their ids learn to score low for everyone,
+    which swamps whatever content says about them. Zeroed, they get no gradient and score from
+    the content part alone. ``None`` keeps every row (MMRec's behaviour, and right for an
+    id-only tower, where a zero row would only tie the unseen items).
+
+    ``dropout``: in training, each item row of a batch loses its id vector with this
+    probability (DropoutNet, Volkovs et al. 2017), so the content part learns to carry an item
+    alone, as it must for unseen items. Not rescaled: ranking sees whole id vectors, and the
+    rows that train without them are meant to look like unseen items, not like scaled ones.
+    """
+
+    def __init__(self, n_items: int, dim: int, init: str = "xavier_normal", known: torch.Tensor | None = None,
+                 dropout: float = 0.0):
         super().__init__()
-        self.n_items, self.dim = n_items, dim
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"id dropout must be in [0, 1], got {dropout}")
+        self.n_items, self.dim, self.dropout = n_items, dim, dropout
         self.embedding = nn.Embedding(n_items, dim)
         getattr(nn.init, f"{init}_")(self.embedding.weight)
+        self.register_buffer("known", None if known is None else known.bool(), persistent=False)
 
     def forward(self, items=None):
         # index_select: its backward is an index_add, cheaper on CPU than the embedding's (a sort first)
-        return self.embedding.weight if items is None else self.embedding.weight.index_select(0, items)
+        x = self.embedding.weight if items is None else self.embedding.weight.index_select(0, items)
+        keep = None
+        if self.known is not None:
+            keep = self.known if items is None else self.known[items]
+        if self.training and self.dropout > 0:  # no draw at rate 0: seeded runs stay as they were
+            kept = torch.rand(x.shape[0], device=x.device) >= self.dropout
+            keep = kept if keep is None else keep & kept
+        # where, not a product: a zeroed row passes no gradient and no NaN from its parameters
+        return x if keep is None else torch.where(keep.unsqueeze(1), x, x.new_zeros(()))
 
 
 class Fusion(nn.Module):

@@ -6,8 +6,6 @@ created) never changes after creation; ``rows``/``failed``/``updated`` are refre
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -27,16 +25,11 @@ _LIBRARIES = {"torch": "torch", "numpy": "numpy"}
 def library_versions(spec: str | None = None) -> dict[str, str]:
     """Versions of modalrec, torch, numpy and the libraries of the backend ``spec`` names (read from
     package metadata, without importing them)."""
+    from encoders.backend import installed_versions  # lazily: encoders use the store's file helpers
+
     from .. import __version__
 
-    out = {"modalrec": __version__}
-    for module, dist in _LIBRARIES.items():
-        if importlib.util.find_spec(module) is None:
-            continue
-        try:
-            out[module] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    out = {"modalrec": __version__, **installed_versions(_LIBRARIES)}
     if spec:
         from encoders.registry import spec_versions  # lazily: encoders use the store's file helpers
 

@@ -1,0 +1,157 @@
+"""Towers that mix ids with content: unseen items carry no id noise, id dropout trains the
+content path alone, MMRec's behaviour stays selectable."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.data import prepare
+from pipeline.models import LoadedFeature, build_model
+from pipeline.models.factory import MIXED_ID_DROPOUT
+from pipeline.models.mf import MF
+from pipeline.models.towers import CombinedTower, FeatureTower, IdTower
+
+from conftest import REPO
+
+DEMO = REPO / "recipes" / "configs" / "demo.yaml"
+QUICK = ["train.tensorboard=false", "train.progress=false", "train.batch_size=512", "train.lr=0.005",
+         "eval.ks=[10,20]", "train.patience=10"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    overrides = [f"cache_dir={tmp}", f"data.root={tmp}/raw", "data.demo.n_items=300", "data.demo.n_users=400",
+                 "data.demo.mean_interactions=25"]
+    data = prepare(load_config(DEMO, overrides), progress=False)
+    attrs = pd.read_csv(tmp / "raw" / "attributes.csv", dtype=str).set_index("item_id").loc[data.items["item_id"]]
+    # the demo's ground-truth attributes as a perfect "encoder"
+    onehot = pd.get_dummies(attrs[["colour", "shape", "texture", "pitch", "rhythm"]]).to_numpy(np.float32)
+    truth = LoadedFeature(torch.from_numpy(onehot), torch.ones(len(onehot), dtype=torch.bool), "attributes-v1")
+    return overrides, data, {"attrs": truth}
+
+
+def build(demo, *extra, seed=0):
+    overrides, data, feats = demo
+    cfg = load_config(DEMO, [*overrides, *QUICK, "features.attrs.mmrec=unused.npy", *extra])
+    return cfg, build_model(cfg.model, data, feats, cfg.cache_dir, seed)
+
+
+def id_part(model) -> IdTower:
+    return next(m for m in model.item_tower.modules() if isinstance(m, IdTower))
+
+
+def unseen_items(data) -> torch.Tensor:
+    seen = np.bincount(data.pairs("train")[1], minlength=data.n_items) > 0
+    return torch.from_numpy(np.flatnonzero(~seen))
+
+
+@pytest.mark.parametrize("model", ["vbpr", "hybrid"])
+def test_unseen_item_scores_do_not_read_their_id_parameters(demo, model):
+    _, mf = build(demo, f"model.name={model}")
+    cold = unseen_items(demo[1])
+    assert len(cold) > 0
+    mf.eval()
+    users = torch.arange(50)
+    before = mf.score(users).detach()
+    with torch.no_grad():
+        id_part(mf).embedding.weight[cold] += 100 * torch.randn(len(cold), mf.item_tower.dim // 2)
+    after = mf.score(users).detach()
+    assert torch.equal(before, after)
+    # and in training: an unseen item sampled as a negative passes no gradient to its id row
+    mf.train()
+    batch = {"users": torch.arange(len(cold)), "pos": torch.zeros(len(cold), dtype=torch.long), "neg": cold}
+    mf.loss(batch).backward()
+    assert torch.count_nonzero(id_part(mf).embedding.weight.grad[cold]) == 0
+
+
+def test_mmrec_switch_keeps_untrained_ids(demo):
+    """`unseen_ids: keep, id_dropout: 0` on its own keeps the model's tower (ids + features) and
+    gives exactly the tower MMRec's VBPR has: the same vectors from the same seed."""
+    cfg, mf = build(demo, "model.name=vbpr", "model.item_tower={unseen_ids: keep, id_dropout: 0}")
+    tower = mf.item_tower
+    assert isinstance(tower, CombinedTower) and cfg.model.tower(["attrs"]).features == ["attrs"]
+    ids = id_part(mf)
+    assert ids.known is None and ids.dropout == 0
+    torch.manual_seed(3)
+    plain = IdTower(demo[1].n_items, cfg.model.dim, "xavier_uniform")
+    plain.load_state_dict(ids.state_dict())
+    tower.train()
+    items = torch.randint(0, demo[1].n_items, (64,))
+    rng = torch.get_rng_state()
+    assert torch.equal(tower(items)[:, :cfg.model.dim], plain(items))
+    assert torch.equal(torch.get_rng_state(), rng)  # no random draw: seeded runs are unchanged
+    cold = unseen_items(demo[1])
+    mf.eval()
+    before = mf.score(torch.arange(5)).detach()
+    with torch.no_grad():
+        ids.embedding.weight[cold] += 1.0
+    assert not torch.equal(before, mf.score(torch.arange(5)).detach())
+
+
+def test_defaults_on_for_mixed_towers_off_for_ids_alone(demo):
+    _, bpr = build(demo, "model.name=bpr")
+    assert isinstance(bpr.item_tower, IdTower) and bpr.item_tower.known is None and bpr.item_tower.dropout == 0
+    _, vbpr = build(demo, "model.name=vbpr")
+    ids = id_part(vbpr)
+    assert ids.known is not None and ids.dropout == MIXED_ID_DROPOUT
+    assert int(ids.known.sum()) == demo[1].n_items - len(unseen_items(demo[1]))
+    _, two = build(demo, "model.name=two_tower", "model.item_tower={ids: true, features: [attrs]}",
+                   "model.item_tower.id_dropout=0.5")
+    assert id_part(two).dropout == 0.5 and id_part(two).known is not None
+
+
+def test_id_dropout_at_rate_one_is_the_content_only_tower():
+    torch.manual_seed(0)
+    n, d = 30, 8
+    feats, masks = {"a": torch.randn(n, 5)}, {"a": torch.ones(n, dtype=torch.bool)}
+    content = FeatureTower(feats, masks, d)
+    mixed = CombinedTower([IdTower(n, d, dropout=1.0), content], "sum")
+    items = torch.randint(0, n, (40,))
+    mixed.train()
+    assert torch.equal(mixed(items), content(items)) and torch.equal(mixed(), content())
+    # the same loss, and no gradient reaches the ids
+    users = torch.randint(0, 10, (20,))
+    batch = {"users": users, "pos": items[:20], "neg": items[20:]}
+    with_ids, alone = MF(10, mixed, reg_weight=0.1), MF(10, content, reg_weight=0.1)
+    alone.user.load_state_dict(with_ids.user.state_dict())
+    loss = with_ids.loss(batch)
+    assert torch.equal(loss, alone.loss(batch))
+    loss.backward()
+    assert torch.count_nonzero(mixed.parts[0].embedding.weight.grad) == 0
+    # ranking sees whole id vectors
+    mixed.eval()
+    assert not torch.allclose(mixed(items), content(items))
+
+
+def test_id_dropout_drops_about_its_rate_per_item_row():
+    torch.manual_seed(0)
+    tower = IdTower(100, 4, dropout=0.3).train()
+    rows = tower(torch.randint(0, 100, (20000,)))
+    dropped = float((rows.abs().sum(1) == 0).float().mean())
+    assert abs(dropped - 0.3) < 0.02, dropped
+    assert torch.count_nonzero(tower.eval()(torch.arange(100)).abs().sum(1)) == 100
+
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.75, 1.0])
+def test_hybrid_reads_isolated_items_at_their_weight(weight):
+    """An item without training interactions reads weight x its own tower vector; weight
+    1/(n_layers+1) is LightGCN's mean readout, and trained items read exactly LightGCN's."""
+    from pipeline.models.hybrid import HybridGCN
+    from pipeline.models.lightgcn import LightGCN
+
+    torch.manual_seed(0)
+    users, items = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 3])  # items 4, 5 unseen
+    known = torch.from_numpy(np.bincount(items, minlength=6) > 0)
+    tower = CombinedTower([IdTower(6, 4, known=known), FeatureTower({"a": torch.randn(6, 3)},
+                                                                    {"a": torch.ones(6, dtype=torch.bool)}, 4)])
+    hybrid = HybridGCN(3, tower, users, items, n_layers=1, isolated_weight=weight).eval()
+    plain = LightGCN(3, tower, users, items, n_layers=1)
+    plain.user.load_state_dict(hybrid.user.state_dict())
+    with torch.no_grad():
+        (hu, hi), (pu, pi), own = hybrid.embeddings(), plain.embeddings(), tower()
+    assert torch.equal(hu, pu) and torch.equal(hi[:4], pi[:4])
+    assert torch.allclose(hi[4:], weight * own[4:]) and torch.allclose(pi[4:], 0.5 * own[4:])
