@@ -2,35 +2,16 @@
 content path alone, MMRec's behaviour stays selectable."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.data import prepare
-from pipeline.models import LoadedFeature, build_model
+from pipeline.models import build_model
 from pipeline.models.factory import MIXED_ID_DROPOUT
 from pipeline.models.mf import MF
 from pipeline.models.towers import CombinedTower, FeatureTower, IdTower
 
-from conftest import REPO
-
-DEMO = REPO / "recipes" / "configs" / "demo.yaml"
-QUICK = ["train.tensorboard=false", "train.progress=false", "train.batch_size=512", "train.lr=0.005",
-         "eval.ks=[10,20]", "train.patience=10"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    overrides = [f"cache_dir={tmp}", f"data.root={tmp}/raw", "data.demo.n_items=300", "data.demo.n_users=400",
-                 "data.demo.mean_interactions=25"]
-    data = prepare(load_config(DEMO, overrides), progress=False)
-    attrs = pd.read_csv(tmp / "raw" / "attributes.csv", dtype=str).set_index("item_id").loc[data.items["item_id"]]
-    # the demo's ground-truth attributes as a perfect "encoder"
-    onehot = pd.get_dummies(attrs[["colour", "shape", "texture", "pitch", "rhythm"]]).to_numpy(np.float32)
-    truth = LoadedFeature(torch.from_numpy(onehot), torch.ones(len(onehot), dtype=torch.bool), "attributes-v1")
-    return overrides, data, {"attrs": truth}
+from test_models import DEMO, QUICK, demo  # noqa: F401  (the demo with its ground-truth attributes)
 
 
 def build(demo, *extra, seed=0):
