@@ -74,6 +74,11 @@ def build_model(mcfg, data, features: dict[str, LoadedFeature], cache_dir: Path,
     (``pipeline.live.load_live``)."""
     spec = mcfg.params
     tcfg = mcfg.tower(list(features))
+    for name, f in features.items():
+        if f.values.dim() != 2 or len(f.values) != data.n_items or f.mask.shape != (data.n_items,):
+            raise ConfigError(f"features.{name}: expected {data.n_items} rows (one per catalog item) of a 2-d "
+                              f"table and a mask of {data.n_items}, got values {tuple(f.values.shape)} and mask "
+                              f"{tuple(f.mask.shape)}; re-run `modalrec extract` for this data")
     if tcfg.live and spec.no_live_encoders:
         takers = [n for n in MODELS if not MODELS.get(n).no_live_encoders]
         raise ConfigError(f"model {mcfg.name} {spec.no_live_encoders}; use {', '.join(takers)} with "

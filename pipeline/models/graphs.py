@@ -3,16 +3,13 @@ cached on disk under a key made of the fingerprints of the features that built t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_directory
 from .base import compact_csr
+from .derived import cached_tensors
 
 
 def knn_indices(features: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
@@ -48,20 +45,8 @@ def cached_knn_graph(cache_dir: Path, fingerprints: dict[str, str], features: di
 
     MMRec keys this cache by k and weight only, so changed features silently reuse a stale graph.
     """
-    ident = json.dumps({"kind": "knn", "k": k, "weights": weights, "features": fingerprints}, sort_keys=True)
-    key = hashlib.sha256(ident.encode()).hexdigest()[:24]
-    folder = Path(cache_dir) / "derived" / f"knn-{key}"
-    if (folder / "graph.safetensors").is_file():
-        t = load_file(str(folder / "graph.safetensors"))
-        n = int(t["shape"][0])
-        return compact_csr(torch.sparse_csr_tensor(t["crow"], t["col"], t["val"], (n, n)))
-    graph = knn_graph(features, weights, k)
-    with atomic_directory(folder, "graph.safetensors") as tmp:
-        save_file({"crow": graph.crow_indices().contiguous(), "col": graph.col_indices().contiguous(),
-                   "val": graph.values().contiguous(), "shape": torch.tensor(graph.shape)},
-                  str(tmp / "graph.safetensors"))
-        (tmp / "identity.json").write_text(ident)
-    return graph
+    ident = {"k": k, "weights": weights, "features": fingerprints}
+    return cached_tensors(cache_dir, "knn", ident, lambda: {"graph": knn_graph(features, weights, k)})["graph"]
 
 
 def prune_edges(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, keep_ratio: float,

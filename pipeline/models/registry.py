@@ -40,6 +40,11 @@ class ModelSpec(Section):
     name: ClassVar[str] = ""  # set by register_model
     # why the model cannot train live encoders in its item tower; empty: it can
     no_live_encoders: ClassVar[str] = ""
+    # the model card (docs/models.md is checked against these): the family of methods it
+    # belongs to, the paper, and what it derives from the data and caches between runs
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    caches: ClassVar[str] = "nothing"
 
     def default_tower(self, features: list[str]) -> dict[str, Any]:
         """The ``model.item_tower`` keys used when the config gives none; ``features`` are the
