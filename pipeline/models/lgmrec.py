@@ -62,8 +62,10 @@ def interaction_blocks(users: np.ndarray, items: np.ndarray, n_users: int,
 def contrastive(anchor: torch.Tensor, positive: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """``-sum_b log(exp(a_b.p_b / t) / sum_c exp(a_b.c / t))`` over cosine similarities, the
     candidates including the positive's own row (MMRec's ``ssl_triple_loss``), in log space."""
-    a, p, c = F.normalize(anchor, dim=1), F.normalize(positive, dim=1), F.normalize(candidates, dim=1)
-    return (torch.logsumexp(a @ c.T / TAU, dim=1) - (a * p).sum(1) / TAU).sum()
+    # 1/t folded into the anchors: the [B, N] similarities are never divided
+    a = F.normalize(anchor, dim=1) / TAU
+    p, c = F.normalize(positive, dim=1), F.normalize(candidates, dim=1)
+    return (torch.logsumexp(a @ c.T, dim=1) - (a * p).sum(1)).sum()
 
 
 class LGMRec(Recommender):
@@ -155,13 +157,18 @@ class LGMRec(Recommender):
 
     def loss(self, batch):
         users, items, hyper_u, hyper_i = self.embeddings(self.draws())
-        u_idx, pos_idx, neg_idx = batch["users"], batch["pos"], batch["neg"]
-        u, pos, neg = users[u_idx], items[pos_idx], items[neg_idx]
-        loss = -F.logsigmoid((u * pos).sum(1) - (u * neg).sum(1)).mean()
+        u_idx, pos_idx = batch["users"], batch["pos"]
+        n = len(pos_idx)
+        # index_select: its backward is an index_add, cheaper on CPU than indexing's index_put
+        u = users.index_select(0, u_idx)
+        its = items.index_select(0, torch.cat([pos_idx, batch["neg"]]))
+        pos, neg = its[:n], its[n:]
+        loss = -F.logsigmoid((u * (pos - neg)).sum(1)).mean()
         if self.cl_weight:
+            batch_u, batch_i = hyper_u.index_select(0, u_idx), hyper_i.index_select(0, pos_idx)
             for a, b in itertools.combinations(range(len(self.names)), 2):
-                loss = loss + self.cl_weight * (contrastive(hyper_u[u_idx, a], hyper_u[u_idx, b], hyper_u[:, b])
-                                                + contrastive(hyper_i[pos_idx, a], hyper_i[pos_idx, b], hyper_i[:, b]))
+                loss = loss + self.cl_weight * (contrastive(batch_u[:, a], batch_u[:, b], hyper_u[:, b])
+                                                + contrastive(batch_i[:, a], batch_i[:, b], hyper_i[:, b]))
         return loss + self.reg_weight * emb_loss(u, pos, neg)
 
     def score(self, users_idx):
