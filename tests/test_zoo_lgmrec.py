@@ -161,7 +161,7 @@ def test_learns_on_demo(demo):  # noqa: F811
 
 
 def test_resume(demo, tmp_path):  # noqa: F811
-    check_resume(demo, tmp_path, "lgmrec")
+    check_resume(demo, tmp_path, "lgmrec", "train.batch_size=2048")  # fewer steps: resume is what is checked
 
 
 def test_bad_features_and_settings(demo):  # noqa: F811
