@@ -12,9 +12,10 @@ once). Here it has no parameters at all, not even MMRec's dummy one: the trainer
 over the usual (user, positive, negative) batches and ``loss`` reports the BPR loss of the
 fixed scores on them (how well the kNN scores rank the training positives; flattering, as each
 positive is in its user's history and among its own neighbours), which the trainer records
-without taking a step (the trainer skips the backward pass when nothing is trainable). Every epoch gives the same scores, so ``train.epochs=1``
-is all it needs; more epochs repeat the same evaluation (early stopping ends them), and resuming
-rebuilds the same scores from the cached similarity graph.
+without taking a step (the trainer skips the backward pass when nothing is trainable). Every
+epoch gives the same scores, so ``train.epochs=1`` is all it needs; more epochs repeat the same
+evaluation (early stopping ends them), and resuming rebuilds the same scores from the cached
+similarity graph.
 
 Unlike MMRec, which keeps a dense users x items score table, ``R S`` is kept sparse (at most
 ``knn_k`` entries per training pair) and scored rows are densified per evaluation batch.
