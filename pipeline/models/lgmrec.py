@@ -59,13 +59,15 @@ def interaction_blocks(users: np.ndarray, items: np.ndarray, n_users: int,
     return tuple(out)
 
 
-def contrastive(anchor: torch.Tensor, positive: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def contrastive(anchor: torch.Tensor, positive: torch.Tensor, candidates: torch.Tensor,
+                counts: torch.Tensor) -> torch.Tensor:
     """``-sum_b log(exp(a_b.p_b / t) / sum_c exp(a_b.c / t))`` over cosine similarities, the
-    candidates including the positive's own row (MMRec's ``ssl_triple_loss``), in log space."""
+    candidates including the positive's own row (MMRec's ``ssl_triple_loss``), in log space;
+    row b stands for ``counts[b]`` identical rows of the batch."""
     # 1/t folded into the anchors: the [B, N] similarities are never divided
     a = F.normalize(anchor, dim=1) / TAU
     p, c = F.normalize(positive, dim=1), F.normalize(candidates, dim=1)
-    return (torch.logsumexp(a @ c.T, dim=1) - (a * p).sum(1)).sum()
+    return ((torch.logsumexp(a @ c.T, dim=1) - (a * p).sum(1)) * counts).sum()
 
 
 class LGMRec(Recommender):
@@ -164,11 +166,16 @@ class LGMRec(Recommender):
         its = items.index_select(0, torch.cat([pos_idx, batch["neg"]]))
         pos, neg = its[:n], its[n:]
         loss = -F.logsigmoid((u * (pos - neg)).sum(1)).mean()
-        if self.cl_weight:
-            batch_u, batch_i = hyper_u.index_select(0, u_idx), hyper_i.index_select(0, pos_idx)
+        if self.cl_weight and len(self.names) > 1:
+            # each distinct user (positive item) once, weighted by its count: the same sum, and the
+            # [B, N] similarity matrices shrink by the batch's repeats (popular items repeat a lot)
+            users_b, users_n = torch.unique(u_idx, return_counts=True)
+            items_b, items_n = torch.unique(pos_idx, return_counts=True)
+            batch_u, batch_i = hyper_u.index_select(0, users_b), hyper_i.index_select(0, items_b)
             for a, b in itertools.combinations(range(len(self.names)), 2):
-                loss = loss + self.cl_weight * (contrastive(batch_u[:, a], batch_u[:, b], hyper_u[:, b])
-                                                + contrastive(batch_i[:, a], batch_i[:, b], hyper_i[:, b]))
+                loss = loss + self.cl_weight * (
+                    contrastive(batch_u[:, a], batch_u[:, b], hyper_u[:, b], users_n)
+                    + contrastive(batch_i[:, a], batch_i[:, b], hyper_i[:, b], items_n))
         return loss + self.reg_weight * emb_loss(u, pos, neg)
 
     def score(self, users_idx):
