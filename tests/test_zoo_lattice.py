@@ -131,6 +131,11 @@ def test_lattice_loss_gradients_and_scores_match_dense_reference(n_layers, n_ui_
 
     with torch.no_grad():
         assert torch.allclose(model.score(torch.arange(N_USERS)).double(), scores, atol=1e-5)
+        # scores are kept per version of the weights: an update shows at once
+        model.projections["a"].weight.mul_(-1.0)
+        _, flipped, _, _ = reference(model, feats, users, items, b, **settings)
+        assert torch.allclose(model.score(torch.arange(N_USERS)).double(), flipped.detach(), atol=1e-5)
+        assert not torch.allclose(flipped, scores, atol=1e-5)
 
 
 def test_lattice_raw_graph_is_mmrec_dense_knn_laplacian():

@@ -110,6 +110,7 @@ class LATTICE(Recommender):
             self.register_buffer(f"raw_val_{name}", coo.values(), persistent=False)
         self.rebuild = True
         self.fixed_graph: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, detached
+        self.scored: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def pre_epoch(self, epoch: int) -> None:
         self.rebuild = True
@@ -177,7 +178,13 @@ class LATTICE(Recommender):
         return loss
 
     def score(self, users_idx):
-        users, items = self.embeddings(train=False)
+        # ranking scores users in chunks with the same weights: the learned graph (a kNN search
+        # per modality) is built once per version of the parameters, not once per chunk
+        version = tuple((id(p), p._version) for p in self.parameters())
+        if self.scored is None or self.scored[0] != version:
+            with torch.no_grad():
+                self.scored = (version, self.embeddings(train=False))
+        users, items = self.scored[1]
         return users[users_idx] @ items.T
 
 
