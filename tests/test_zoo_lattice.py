@@ -136,6 +136,14 @@ def test_lattice_loss_gradients_and_scores_match_dense_reference(n_layers, n_ui_
         _, flipped, _, _ = reference(model, feats, users, items, b, **settings)
         assert torch.allclose(model.score(torch.arange(N_USERS)).double(), flipped.detach(), atol=1e-5)
         assert not torch.allclose(flipped, scores, atol=1e-5)
+    # a fused optimizer updates in place without a version bump: the trainer's mode switch resets
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    model.loss(batch(3)).backward()
+    opt.step()
+    model.eval()
+    _, stepped, _, _ = reference(model, feats, users, items, b, **settings)
+    with torch.no_grad():
+        assert torch.allclose(model.score(torch.arange(N_USERS)).double(), stepped.detach(), atol=1e-5)
 
 
 def test_lattice_raw_graph_is_mmrec_dense_knn_laplacian():

@@ -111,6 +111,7 @@ class LATTICE(Recommender):
         self.rebuild = True
         self.fixed_graph: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, detached
         self.scored: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "scored", None))
 
     def pre_epoch(self, epoch: int) -> None:
         self.rebuild = True
@@ -167,6 +168,7 @@ class LATTICE(Recommender):
         return users, items + F.normalize(h, dim=1)
 
     def loss(self, batch):
+        self.scored = None
         users, items = self.embeddings(train=True)
         n = len(batch["pos"])
         u = users.index_select(0, batch["users"])
@@ -177,9 +179,15 @@ class LATTICE(Recommender):
             loss = loss + self.reg_weight * 0.5 * (u.pow(2).sum() + its.pow(2).sum()) / n
         return loss
 
+    def train(self, mode: bool = True):
+        self.scored = None  # the trainer switches modes around every evaluation and epoch
+        return super().train(mode)
+
     def score(self, users_idx):
         # ranking scores users in chunks with the same weights: the learned graph (a kNN search
-        # per modality) is built once per version of the parameters, not once per chunk
+        # per modality) is built once per evaluation, not once per chunk. Kept until the mode
+        # changes, weights are loaded, or a parameter changes in place (the version counter:
+        # fused optimizers do not bump it, hence the other two)
         version = tuple((id(p), p._version) for p in self.parameters())
         if self.scored is None or self.scored[0] != version:
             with torch.no_grad():
