@@ -150,7 +150,7 @@ def test_dualgnn_learns_on_demo(demo):  # noqa: F811
     # cold=False: an item without training interactions has no edges, so its vector is the bare
     # layer 0 (unit norm per modality) while a warm item's is x + Ax + A^2 x; ranked against warm
     # items it never reaches a top 20 (cold R@20 0.0 on the demo), though it is scored from content
-    check_learns(demo, "dualgnn", epochs=15, cold=False)
+    check_learns(demo, "dualgnn", epochs=10, cold=False)
 
 
 def test_dualgnn_resumes_exactly(demo, tmp_path):  # noqa: F811

@@ -152,7 +152,7 @@ def test_lattice_raw_graph_is_mmrec_dense_knn_laplacian():
 
 
 def test_lattice_learns_on_demo(demo):  # noqa: F811
-    check_learns(demo, "lattice", epochs=30)
+    check_learns(demo, "lattice", epochs=12)
 
 
 def test_lattice_resumes_exactly(demo, tmp_path):  # noqa: F811
