@@ -84,16 +84,17 @@ class DualGNN(Recommender):
         self.register_buffer("user_graph_t", sparse_transpose(user_graph), persistent=False)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        users, items = [], 0
-        for name, x in self.item_tower.per_modality().items():
-            u, i = propagate(F.normalize(self.preference[name], dim=1), F.normalize(x, dim=1), self.r, self.rt,
-                             self.n_layers, mean=False)
-            users.append(u)
-            items = items + i
+        per = self.item_tower.per_modality()
+        # every modality side by side in one propagation: one pass over the graph per layer
+        users0 = torch.cat([F.normalize(self.preference[n], dim=1) for n in self.names], dim=1)
+        items0 = torch.cat([F.normalize(per[n], dim=1) for n in self.names], dim=1)
+        users, items = propagate(users0, items0, self.r, self.rt, self.n_layers, mean=False)
+        m, d = len(self.names), self.item_tower.dim
+        items = items.view(-1, m, d).sum(1)
         if self.weight_u is None:
-            user = users[0]
+            user = users
         else:
-            user = (torch.stack(users, dim=2) * self.weight_u.unsqueeze(1)).sum(2)
+            user = torch.bmm(self.weight_u.unsqueeze(1), users.view(-1, m, d)).squeeze(1)
         return user + spmm(self.user_graph, self.user_graph_t, user), items
 
     def loss(self, batch):
