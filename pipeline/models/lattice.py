@@ -42,7 +42,7 @@ def weighted_knn(x: torch.Tensor, k: int, idx: torch.Tensor | None = None) -> tu
     """The top-``k`` cosine neighbours of every row (itself included) and their similarities,
     differentiable in ``x``: ``(cols [n*k], sims [n*k])``, row ``i``'s entries at ``i*k ..``."""
     if idx is None:
-        idx = knn_indices(x.detach(), k)
+        idx = knn_indices(x.detach(), k).to(x.device)  # knn_indices answers on the CPU
     z = F.normalize(x, dim=1)
     cols = idx.reshape(-1)
     rows = torch.arange(len(x), device=x.device).repeat_interleave(idx.shape[1])
