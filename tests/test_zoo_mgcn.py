@@ -92,7 +92,8 @@ def leaves(model):
         out[f"{name}.table"] = model.feature_tables[name]
         out[f"{name}.proj.w"], out[f"{name}.proj.b"] = model.projections[name].weight, model.projections[name].bias
         out[f"{name}.pur.w"], out[f"{name}.pur.b"] = model.purifiers[name][0].weight, model.purifiers[name][0].bias
-        out[f"{name}.pref.w"], out[f"{name}.pref.b"] = model.preferences[name][0].weight, model.preferences[name][0].bias
+        pref = model.preferences[name][0]
+        out[f"{name}.pref.w"], out[f"{name}.pref.b"] = pref.weight, pref.bias
     return out
 
 
