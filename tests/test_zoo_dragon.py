@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.errors import ConfigError
 from pipeline.models.dragon import DRAGON, neighbour_weights
 from pipeline.models.graphs import knn_graph
-from pipeline.models.user_cooccurrence import cached_user_cooccurrence, user_cooccurrence
+from pipeline.models.user_graph import cached_co_occurrence as cached_user_cooccurrence, co_occurrence_topk as user_cooccurrence
 
 from test_models import demo, run  # noqa: F401
 from zoo_checks import check_bad_features, check_learns, check_resume

@@ -13,7 +13,7 @@ squared modality weights.
 
 Any number of modalities (MMRec's code has exactly image and text; with one modality it uses
 no modality weights, as here). The user-user graph is built from training interactions only
-(``user_cooccurrence.py``) and cached under their fingerprint. Where MMRec pads a user with
+(``user_graph.py``) and cached under their fingerprint. Where MMRec pads a user with
 fewer than ``user_k`` neighbours by repeating random ones (freshly drawn every epoch), training
 does the same, seeded by the epoch so that resumed runs match; scoring uses the plain softmax
 over the user's neighbours instead of whichever draw came last, so a saved model scores the
@@ -39,7 +39,7 @@ from .graphs import cached_knn_graph
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
 from .towers import fill_missing
-from .user_cooccurrence import cached_user_cooccurrence
+from .user_graph import cached_co_occurrence
 
 
 def neighbour_weights(graph: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -174,7 +174,7 @@ class DRAGONSpec(ModelSpec):
         item_graph = cached_knn_graph(ctx.cache_dir, {n: f.fingerprint for n, f in used.items()}, filled, weights,
                                       self.knn_k)
         users, items = ctx.data.pairs("train")
-        user_graph = cached_user_cooccurrence(ctx.cache_dir, users, items, ctx.data.n_users, ctx.data.n_items,
+        user_graph = cached_co_occurrence(ctx.cache_dir, users, items, ctx.data.n_users, ctx.data.n_items,
                                               self.user_k)
         dim = ctx.item_tower().dim  # model.dim reaches a model through its tower; DRAGON uses no other part of it
         return DRAGON(ctx.data.n_users, ctx.data.n_items, dim, users, items, item_graph, user_graph, filled,
