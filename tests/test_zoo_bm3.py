@@ -1,7 +1,6 @@
 """BM3 against a dense reference written the way MMRec states it (whole tables through the
 predictor, then rows gathered), and the zoo's checks on the demo data."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,7 +91,7 @@ def test_bm3_targets_are_dropped_out_from_the_global_generator():
 def test_bm3_learns(demo):  # noqa: F811
     # cold=False: BM3 ranks items by their id vectors alone (features only steer training), so
     # an item never seen in training has nothing learned to be scored by
-    check_learns(demo, "bm3", cold=False)
+    check_learns(demo, "bm3", epochs=30, cold=False)
 
 
 def test_bm3_resumes(demo, tmp_path):  # noqa: F811

@@ -131,7 +131,8 @@ class SLMRecSpec(ModelSpec):
     temp: float = Field(0.2, gt=0)  # temperature of the main in-batch softmax
     ssl_temp: float = Field(0.1, gt=0)  # temperature of the FAC softmaxes
     ssl_alpha: float = Field(0.01, ge=0)  # weight of the FAC loss
-    weight_decay: float = Field(1e-4, ge=0)  # L2 on every parameter, through the optimizer
+    # L2 on every parameter through the optimizer (MMRec's SLMRec.yaml); replaces train.weight_decay
+    weight_decay: float = Field(1e-4, ge=0)
     features: list[str] = []  # feature sets, in FAC's chain order; default: every configured one
 
     def default_tower(self, features: list[str]) -> dict:
