@@ -8,6 +8,7 @@ A new model is one file here plus its import line below.
 
 from __future__ import annotations
 
+<<<<<<< HEAD
 # each module registers its model when imported
 from . import mf  # noqa: F401
 from . import lightgcn  # noqa: F401
@@ -21,6 +22,8 @@ from . import mgcn  # noqa: F401
 from . import dragon  # noqa: F401
 from . import itemknncbf  # noqa: F401
 from . import lgmrec  # noqa: F401
+from . import bm3  # noqa: F401
+from . import slmrec  # noqa: F401
 from .base import Recommender
 from .factory import LoadedFeature, build_model
 from .registry import MODELS, BuildContext, ModelSpec, register_model
