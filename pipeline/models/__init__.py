@@ -8,7 +8,6 @@ A new model is one file here plus its import line below.
 
 from __future__ import annotations
 
-<<<<<<< HEAD
 # each module registers its model when imported
 from . import mf  # noqa: F401
 from . import lightgcn  # noqa: F401
