@@ -8,7 +8,7 @@ A new model is one file here plus its import line below.
 
 from __future__ import annotations
 
-from . import mf, lightgcn, hybrid, freedom, two_tower, sasrec, mmgcn  # noqa: F401  (each registers its model)
+from . import mf, lightgcn, hybrid, freedom, two_tower, sasrec, mmgcn, grcn  # noqa: F401  (each registers its model)
 from .base import Recommender
 from .factory import LoadedFeature, build_model
 from .registry import MODELS, BuildContext, ModelSpec, register_model
