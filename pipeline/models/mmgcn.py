@@ -65,6 +65,14 @@ def mean_aggregators(users: np.ndarray, items: np.ndarray, n_users: int, n_items
             "to_items_t": block(ui, to_items_vals, (n_users, n_items))}
 
 
+def _aggregate(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a @ (x @ w)``, multiplied by ``w`` on the side with fewer rows (the same by linearity):
+    on TikTok, what items gather from users costs 6,710 rows of the product instead of 9,308."""
+    if a.shape[0] < x.shape[0]:
+        return spmm(a, a_t, x) @ w
+    return spmm(a, a_t, x @ w)
+
+
 class ModalityGCN(nn.Module):
     """One modality's network: user preferences, the feature MLP and ``n_layers`` layers."""
 
@@ -91,8 +99,8 @@ class ModalityGCN(nn.Module):
         xu = F.normalize(self.preference)
         xi = F.normalize(self.mlp(features) if self.mlp is not None else features)
         for w, lin, comb in zip(self.conv, self.linear, self.combine):
-            hu = F.leaky_relu(spmm(graph["to_users"], graph["to_users_t"], xi @ w))
-            hi = F.leaky_relu(spmm(graph["to_items"], graph["to_items_t"], xu @ w))
+            hu = F.leaky_relu(_aggregate(graph["to_users"], graph["to_users_t"], xi, w))
+            hi = F.leaky_relu(_aggregate(graph["to_items"], graph["to_items_t"], xu, w))
             hat_u = F.leaky_relu(lin(xu)) + id_users
             hat_i = F.leaky_relu(lin(xi)) + id_items
             if self.concat:
