@@ -111,8 +111,8 @@ def test_grcn_routing_moves_preferences():
     feats = {"a": torch.randn(N_ITEMS, 5)}
     model = GRCN(N_USERS, IdTower(N_ITEMS, DIM), users, items, feats, content_dim=C, n_routing=0)
     graph, f = model.content["a"], model.feat_a
-    u0 = graph(f, model.eu, model.ei, 0)[0]
-    u2 = graph(f, model.eu, model.ei, 2)[0]
+    u0 = graph(f, model.edges(), 0)[0]
+    u2 = graph(f, model.edges(), 2)[0]
     assert (u0[:-1] - u2[:-1]).abs().amax(1).min() > 1e-4  # every user with an item moved
     assert torch.allclose(u0[-1], u2[-1])  # the user without items keeps its preference
 

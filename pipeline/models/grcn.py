@@ -27,11 +27,15 @@ Where this differs from MMRec's ``grcn.py``, on purpose:
 - MMRec's loss takes ``log(sigmoid(.))`` unguarded; ``bpr_loss`` adds the usual 1e-10 guard.
 
 Attention scores are dot products of unit vectors, within [-1, 1], so the per-node softmax needs
-no max subtraction. Messages are gathered and summed per edge (``index_add``): the edge weights
-depend on the parameters, so there is no fixed sparse matrix to cache.
+no max subtraction. The edge weights depend on the parameters, so there is no fixed sparse matrix
+to cache: each weighted sum over edges is a sparse product built from that step's weights, and
+the per-edge dot products (the scores, and the weights' gradients) are sampled products, not
+gathers of both ends of every edge.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,11 +57,100 @@ def segment_softmax(scores: torch.Tensor, group: torch.Tensor, n_groups: int) ->
     return e / total.index_select(0, group)
 
 
-def edge_sum(values: torch.Tensor, weights: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-             n_targets: int) -> torch.Tensor:
-    """``out[t] = sum over edges (s, t) of weights[e] * values[s]``."""
-    msg = values.index_select(0, source) * weights.unsqueeze(1)
-    return values.new_zeros(n_targets, values.shape[1]).index_add_(0, target, msg)
+@dataclass
+class Edges:
+    """The distinct training edges (sorted by user) with the CSR layouts of both directions, so a
+    weighted sum over edges is one sparse product (``edge_sum``)."""
+
+    eu: torch.Tensor
+    ei: torch.Tensor
+    by_item: torch.Tensor  # the edges' order sorted by item
+    rows_u: torch.Tensor
+    cols_u: torch.Tensor
+    rows_i: torch.Tensor
+    cols_i: torch.Tensor
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def of(cls, eu: torch.Tensor, ei: torch.Tensor, n_users: int, n_items: int) -> "Edges":
+        by_item = torch.argsort(ei, stable=True)
+        return cls(eu, ei, by_item, _crow(eu, n_users), ei.to(torch.int32), _crow(ei, n_items),
+                   eu.index_select(0, by_item).to(torch.int32), n_users, n_items)
+
+    def matrix(self, weights: torch.Tensor, to_users: bool) -> torch.Tensor:
+        """``[targets, sources]`` with each edge's weight: users x items, or items x users."""
+        if to_users:
+            return torch.sparse_csr_tensor(self.rows_u, self.cols_u, weights, (self.n_users, self.n_items))
+        return torch.sparse_csr_tensor(self.rows_i, self.cols_i, weights.index_select(0, self.by_item),
+                                       (self.n_items, self.n_users))
+
+
+    def dots(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``<users[u], items[i]>`` for every edge (u, i), in edge order, as a sampled product
+        (several times faster on CPU than gathering both ends of every edge)."""
+        pattern = torch.sparse_csr_tensor(self.rows_u, self.cols_u, users.new_zeros(len(self.eu)),
+                                          (self.n_users, self.n_items))
+        return torch.sparse.sampled_addmm(pattern, users, items.T, beta=0.0).values()
+
+
+EDGE_PARTS = ("eu", "ei", "by_item", "rows_u", "cols_u", "rows_i", "cols_i")
+
+
+def _crow(rows: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(rows, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
+
+
+class _EdgeSum(torch.autograd.Function):
+    """``out[t] = sum over edges (s, t) of w[e] * values[s]`` as a sparse product; backward: the
+    transposed product for ``values`` and, per edge, ``<grad[t], values[s]>`` for ``w``."""
+
+    @staticmethod
+    def forward(ctx, values, weights, edges, to_users):
+        w = weights.detach()
+        ctx.save_for_backward(values, w)
+        ctx.edges, ctx.to_users = edges, to_users
+        return torch.sparse.mm(edges.matrix(w, to_users), values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, w = ctx.saved_tensors
+        edges, to_users = ctx.edges, ctx.to_users
+        d_values = d_weights = None
+        if ctx.needs_input_grad[0]:
+            d_values = torch.sparse.mm(edges.matrix(w, not to_users), grad)
+        if ctx.needs_input_grad[1]:
+            d_weights = edges.dots(grad, values) if to_users else edges.dots(values, grad)
+        return d_values, d_weights, None, None
+
+
+class _EdgeDot(torch.autograd.Function):
+    """``Edges.dots`` with its backward as two sparse products weighted by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, users, items, edges):
+        ctx.save_for_backward(users, items)
+        ctx.edges = edges
+        return edges.dots(users, items)
+
+    @staticmethod
+    def backward(ctx, grad):
+        users, items = ctx.saved_tensors
+        edges = ctx.edges
+        d_users = torch.sparse.mm(edges.matrix(grad, True), items) if ctx.needs_input_grad[0] else None
+        d_items = torch.sparse.mm(edges.matrix(grad, False), users) if ctx.needs_input_grad[1] else None
+        return d_users, d_items, None
+
+
+def edge_dot(users: torch.Tensor, items: torch.Tensor, edges: Edges) -> torch.Tensor:
+    """``<users[u], items[i]>`` for every edge (u, i), differentiable in both."""
+    return _EdgeDot.apply(users.contiguous(), items.contiguous(), edges)
+
+
+def edge_sum(values: torch.Tensor, weights: torch.Tensor, edges: Edges, to_users: bool) -> torch.Tensor:
+    """Each user's (``to_users``) or item's weighted sum of its neighbours' ``values``."""
+    return _EdgeSum.apply(values.contiguous(), weights, edges, to_users)
 
 
 class ContentGraph(nn.Module):
@@ -69,20 +162,20 @@ class ContentGraph(nn.Module):
         self.mlp = nn.Linear(feature_dim, dim)
         nn.init.xavier_normal_(self.mlp.weight)
 
-    def forward(self, features: torch.Tensor, eu: torch.Tensor, ei: torch.Tensor, n_routing: int):
+    def forward(self, features: torch.Tensor, edges: Edges, n_routing: int):
         """``(users [U, C], items [I, C], a_to_item [E], a_to_user [E])``: the content vectors and
         each edge's attention toward its item (softmax over the item's users) and toward its user
         (softmax over the user's items)."""
-        n_users, n_items = self.preference.shape[0], features.shape[0]
+        n_users, n_items, eu, ei = edges.n_users, edges.n_items, edges.eu, edges.ei
         f = F.normalize(F.leaky_relu(self.mlp(features)))
         p = F.normalize(self.preference)
         for _ in range(n_routing):
-            a = segment_softmax((p.index_select(0, eu) * f.index_select(0, ei)).sum(1), eu, n_users)
-            p = F.normalize(p + edge_sum(f, a, ei, eu, n_users))
-        s = (p.index_select(0, eu) * f.index_select(0, ei)).sum(1)
+            a = segment_softmax(edge_dot(p, f, edges), eu, n_users)
+            p = F.normalize(p + edge_sum(f, a, edges, True))
+        s = edge_dot(p, f, edges)
         a_to_user, a_to_item = segment_softmax(s, eu, n_users), segment_softmax(s, ei, n_items)
-        users = p + edge_sum(f, a_to_user, ei, eu, n_users)
-        items = f + edge_sum(p, a_to_item, eu, ei, n_items)
+        users = p + edge_sum(f, a_to_user, edges, True)
+        items = f + edge_sum(p, a_to_item, edges, False)
         return users, items, a_to_item, a_to_user
 
 
@@ -97,8 +190,10 @@ class GRCN(Recommender):
         nn.init.xavier_normal_(self.user.weight)
         self.n_routing, self.reg_weight = n_routing, reg_weight
         pairs = np.unique(train_users.astype(np.int64) * self.n_items + train_items)  # each edge once
-        self.register_buffer("eu", torch.from_numpy(pairs // self.n_items), persistent=False)
-        self.register_buffer("ei", torch.from_numpy(pairs % self.n_items), persistent=False)
+        edges = Edges.of(torch.from_numpy(pairs // self.n_items), torch.from_numpy(pairs % self.n_items), n_users,
+                         self.n_items)
+        for part in EDGE_PARTS:  # buffers: they follow the model to its device
+            self.register_buffer(part, getattr(edges, part), persistent=False)
         self.names = list(features)
         for name, f in features.items():
             self.register_buffer(f"feat_{name}", f.float().contiguous(), persistent=False)
@@ -106,12 +201,16 @@ class GRCN(Recommender):
         # one column per modality, users' rows first (MMRec's single table and its init scale)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users + self.n_items, len(features))))
 
+    def edges(self) -> Edges:
+        return Edges(*(getattr(self, part) for part in EDGE_PARTS), self.n_users, self.n_items)
+
     def embeddings(self, id_items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         id_items = self.item_tower() if id_items is None else id_items
-        eu, ei = self.eu, self.ei
+        edges = self.edges()
+        eu, ei = edges.eu, edges.ei
         users, items, to_item, to_user = [], [], [], []
         for name in self.names:
-            u, i, a_item, a_user = self.content[name](getattr(self, f"feat_{name}"), eu, ei, self.n_routing)
+            u, i, a_item, a_user = self.content[name](getattr(self, f"feat_{name}"), edges, self.n_routing)
             users.append(u)
             items.append(i)
             to_item.append(a_item)
@@ -123,7 +222,7 @@ class GRCN(Recommender):
         xu, xi = F.normalize(self.user.weight), F.normalize(id_items)
         id_u, id_i = xu, xi
         for _ in range(2):
-            xu, xi = edge_sum(xi, w_user, ei, eu, self.n_users), edge_sum(xu, w_item, eu, ei, self.n_items)
+            xu, xi = edge_sum(xi, w_user, edges, True), edge_sum(xu, w_item, edges, False)
             id_u, id_i = id_u + xu, id_i + xi
         return torch.cat([id_u, *users], 1), torch.cat([id_i, *items], 1)
 
