@@ -1,4 +1,9 @@
-"""The hybrid: LightGCN over an item tower of ids + content, the default content model.
+"""Hybrids of ids and content for catalogs with items no one has interacted with yet.
+
+``hybrid_knn`` (``ColdFill``, the demo's default model): FREEDOM as it is for warm items, and each
+unseen item ranked through its nearest warm items by content (below).
+
+``hybrid``: LightGCN over an item tower of ids + content.
 
 Warm items get what the id-only graph model gets (ids smoothed over the user-item graph, plus
 their content); items with no training interaction get no id noise (``unseen_ids: zero``, the
@@ -104,7 +109,8 @@ class ColdFill(Recommender):
     At ranking, its vector is instead ``cold_weight`` x the weighted mean of the final vectors of
     its ``k`` nearest warm items by content: a user scores it as they score the warm items that
     look like it. The mean of k vectors is shorter than a typical one (the top neighbours of one
-    user rarely all agree), so a weight above 1 brings cold items level with warm ones.
+    user rarely all agree), so it takes a weight above 1 to bring cold items level with warm ones;
+    the weight is then the one knob between the two slices (both share the top K).
     """
 
     def __init__(self, freedom: FREEDOM, neighbours: torch.Tensor, cold: torch.Tensor, cold_weight: float):
@@ -138,8 +144,9 @@ class HybridKNNSpec(FREEDOMSpec):
     """FREEDOM (ids over the user-item graph plus a content kNN item graph) with unseen items
     ranked by their nearest warm items in content (``ColdFill``); FREEDOM's settings apply."""
 
-    # 1.5 chosen on validation over the demo, hm and tiktok (benchmarks/README.md, `hybrid.py`)
-    cold_weight: float = Field(1.5, gt=0)
+    # the best overall validation R@20 on the demo and H&M (benchmarks/README.md, `hybrid.py`):
+    # higher trades warm items for cold ones, lower ranks cold items last again
+    cold_weight: float = Field(2.0, gt=0)
     cold_k: int = Field(10, ge=1)  # warm neighbours per feature set an unseen item reads
 
     def default_tower(self, features: list[str]) -> dict[str, Any]:
