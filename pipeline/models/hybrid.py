@@ -65,6 +65,8 @@ class HybridGCN(LightGCN):
 @register_model("hybrid")
 class HybridSpec(ModelSpec):
     no_live_encoders = WHOLE_GRAPH
+    family = "user-item graph over ids + content (unseen ids zeroed, id dropout)"
+    paper = "LightGCN (He et al., SIGIR 2020) + DropoutNet (Volkovs et al., NeurIPS 2017)"
     n_layers: int = Field(1, ge=1)
     reg_weight: float = Field(0.01, ge=0)
     # the weight of an item's own (layer-0) vector in its readout when it has no training
@@ -143,6 +145,9 @@ class ColdFill(Recommender):
 class HybridKNNSpec(FREEDOMSpec):
     """FREEDOM (ids over the user-item graph plus a content kNN item graph) with unseen items
     ranked by their nearest warm items in content (``ColdFill``); FREEDOM's settings apply."""
+
+    family = "FREEDOM + unseen items ranked through their warm content neighbours"
+    caches = "item-item kNN graph of the features (FREEDOM's); the cold items' neighbours are rebuilt per run"
 
     # the best overall validation R@20 on the demo and H&M (benchmarks/README.md, `hybrid.py`):
     # higher trades warm items for cold ones, lower ranks cold items last again
