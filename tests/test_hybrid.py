@@ -162,7 +162,7 @@ def test_hybrid_knn_cold_items_read_their_warm_content_neighbours():
     feature set, weighted; warm items keep FREEDOM's vectors."""
     from pipeline.models.freedom import FREEDOM
     from pipeline.models.graphs import knn_graph
-    from pipeline.models.hybrid import ColdFill, content_neighbours
+    from pipeline.models.hybrid_knn import ColdFill, content_neighbours
 
     torch.manual_seed(0)
     users, items = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 3, 4])  # items 5, 6 unseen

@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import mf  # noqa: F401
 from . import lightgcn  # noqa: F401
 from . import hybrid  # noqa: F401
+from . import hybrid_knn  # noqa: F401
 from . import freedom  # noqa: F401
 from . import two_tower  # noqa: F401
 from . import sasrec  # noqa: F401
