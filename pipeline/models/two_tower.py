@@ -40,11 +40,9 @@ class TwoTower(Recommender):
     def __init__(self, n_users: int, item_tower: ItemTower, train_items: np.ndarray,
                  histories: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, user: str = "id",
                  user_mlp: tuple[int, ...] = (), loss: str = "in_batch", temperature: float = 1.0,
-                 n_negatives: int = 64, normalize: bool = False, logq: bool = True,
-                 weight_decay: float | None = None):
+                 n_negatives: int = 64, normalize: bool = False, logq: bool = True):
         super().__init__()
         self.item_tower = item_tower
-        self.weight_decay = weight_decay
         d = item_tower.dim
         self.user_kind, self.loss_kind = user, loss
         self.temperature, self.n_negatives, self.normalize = temperature, n_negatives, normalize
@@ -66,14 +64,6 @@ class TwoTower(Recommender):
                 self.register_buffer(f"hist_{split}_indptr", torch.from_numpy(indptr), persistent=False)
                 self.register_buffer(f"hist_{split}_items", torch.from_numpy(items), persistent=False)
         self.scoring = "valid"
-
-    def param_groups(self, train) -> list[dict]:
-        """The model's own ``weight_decay`` on every group that does not set its own (live encoders
-        keep ``train.encoder_weight_decay``)."""
-        groups = super().param_groups(train)
-        if self.weight_decay is not None:
-            groups = [g if "weight_decay" in g else {**g, "weight_decay": self.weight_decay} for g in groups]
-        return groups
 
     def train_batches(self, data, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         from ..train.sampling import PairBatches
@@ -146,9 +136,6 @@ class TwoTowerSpec(ModelSpec):
     temperature: float = Field(1.0, gt=0)  # logits = score / temperature; with normalize, try ~0.1
     n_negatives: int = Field(64, ge=1)  # sampled_softmax: uniform negatives per positive
     normalize: bool = False  # cosine scores; off by default: see the module docstring
-    # L2 weight decay of the model's own parameters (ids, projections, user tower; not live
-    # encoders, which keep train.encoder_weight_decay); null: train.weight_decay
-    weight_decay: float | None = Field(None, ge=0)
 
     def build(self, ctx: BuildContext) -> TwoTower:
         from ..train.sequences import user_sequences
@@ -159,5 +146,4 @@ class TwoTowerSpec(ModelSpec):
             histories = {"valid": user_sequences(data, ("train",)), "test": user_sequences(data, ("train", "valid"))}
         return TwoTower(data.n_users, ctx.item_tower("xavier_normal"), data.pairs("train")[1], histories,
                         user=self.user, user_mlp=tuple(self.user_mlp), loss=self.loss, temperature=self.temperature,
-                        n_negatives=self.n_negatives, normalize=self.normalize, logq=self.logq,
-                        weight_decay=self.weight_decay)
+                        n_negatives=self.n_negatives, normalize=self.normalize, logq=self.logq)
