@@ -116,8 +116,8 @@ def test_trainer_feeds_the_step_bar(tmp_path, monkeypatch, recorded, progress):
     monkeypatch.setattr(trainer, "tqdm", EpochBar)
     result = api.train(DEMO, [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw", "data.demo.n_items=60",
                               "data.demo.n_users=50", "model.name=bpr", "train.epochs=3", "train.eval_every=2",
-                              "train.batch_size=64", "train.tensorboard=false", f"train.progress={str(progress).lower()}",
-                              "eval.ks=[20]"], accelerator=Accelerator(cpu=True))
+                              "train.batch_size=64", "train.tensorboard=false", "eval.ks=[20]",
+                              f"train.progress={str(progress).lower()}"], accelerator=Accelerator(cpu=True))
     history = result["history"]
     if not progress:
         assert recorded == []

@@ -13,7 +13,7 @@ from test_models_seq import demo  # noqa: F401  (the module-scoped small demo wi
 CHOSEN = 4.0
 
 
-def _run(demo, tmp_path, *extra):
+def _run(demo, tmp_path, *extra):  # noqa: F811
     overrides, data, feats = demo
     cfg = load_config(DEMO, [*overrides, *QUICK, "model.name=two_tower", "train.epochs=25",
                              f"train.runs_dir={tmp_path}", *extra])
