@@ -36,6 +36,7 @@ from ..eval import Evaluator
 from ..models import build_model
 from .callbacks import Callback
 from .cpu_memory import keep_freed_memory
+from .progress import StepBar
 from .run import Run
 
 
@@ -137,12 +138,14 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
     metric = cfg.train.valid_metric
     bar = tqdm(total=cfg.train.epochs, initial=state["epoch"], desc=f"{cfg.model.name}", unit="epoch",
                disable=not (main and cfg.train.progress), dynamic_ncols=True)
+    step_bar = StepBar(n_batches, enabled=main and cfg.train.progress)
     while state["epoch"] < cfg.train.epochs and state["bad_epochs"] <= cfg.train.patience:
         epoch = state["epoch"]
         model.train()
         core.pre_epoch(epoch)
         batches.set_epoch(epoch)
         started = time.perf_counter()
+        step_bar.start(epoch)
         total, steps, samples = 0.0, 0, 0
         for batch in loader:
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -162,6 +165,8 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
             total += loss.item()
             steps += 1
             samples += len(batch["users"]) if "users" in batch else len(next(iter(batch.values())))
+            step_bar.step(total / steps)
+        step_bar.end()
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": train_seconds,
                   "samples": samples * accelerator.num_processes}
