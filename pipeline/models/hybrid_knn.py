@@ -81,6 +81,7 @@ class HybridKNNSpec(FREEDOMSpec):
     ranked by their nearest warm items in content (``ColdFill``); FREEDOM's settings apply."""
 
     family = "FREEDOM + unseen items ranked through their warm content neighbours"
+    paper = "FREEDOM (Zhou & Shen, MM 2023) + a content-neighbour cold fill (modalrec)"
     caches = "item-item kNN graph of the features (FREEDOM's); the cold items' neighbours are rebuilt per run"
 
     # the best overall validation R@20 on the demo and H&M (benchmarks/README.md, `hybrid.py`):

@@ -129,6 +129,8 @@ class TwoTower(Recommender):
 
 @register_model("two_tower")
 class TwoTowerSpec(ModelSpec):
+    family = "two-tower retrieval (ids, features or live encoders)"
+    paper = "Yi et al., RecSys 2019 (in-batch softmax, logQ)"
     user: Literal["id", "history", "both"] = "id"  # user tower: id embedding, mean of history items, or both
     user_mlp: list[Annotated[int, Field(gt=0)]] = []  # hidden widths of an MLP on the user vector
     loss: Literal["in_batch", "sampled_softmax", "bpr"] = "in_batch"
