@@ -93,6 +93,9 @@ PATCHES = [
     ("models/*.py", "A._update(data_dict)", "A._dict.update(data_dict)", "scipy>=1.12 dok_matrix has no _update"),
     ("common/encoders.py", "A._update(data_dict)", "A._dict.update(data_dict)", "as above"),
     ("models/*.py", ".cuda()", ".cpu()", "CPU machine (use_gpu False is passed in the run's config)"),
+    ("models/slmrec.py", "from torch_scatter import scatter", "from torch_geometric.utils import scatter",
+     "torch_scatter has no build for today's torch; PyG's own scatter has the same signature (and SLMRec only "
+     "calls it in a comment)"),
 ]
 DATASET_YAML = """\
 # tiktok for the modalrec side-by-side benchmark: image in the vision slot, audio in the text slot
@@ -153,8 +156,10 @@ def setup_mmrec(mmrec: Path) -> None:
     if not (data / "user_graph_dict.npy").exists():
         # MMRec's own script: co-interaction counts between users from x_label == 0 rows, top 200 per user
         print("building MMRec's user_graph_dict.npy (DualGNN, DRAGON) with its preprocessing script", flush=True)
-        subprocess.run([sys.executable, "dualgnn-gen-u-u-matrix.py", "-d", "tiktok"], cwd=mmrec / "preprocessing",
-                       check=True, stdout=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "dualgnn-gen-u-u-matrix.py", "-d", "tiktok"],
+                              cwd=mmrec / "preprocessing", capture_output=True, text=True)
+        if proc.returncode:
+            raise SetupError(f"MMRec's preprocessing/dualgnn-gen-u-u-matrix.py failed:\n{proc.stderr[-2000:]}")
 
 
 def mmrec_config(model: str, epochs: int) -> dict:
@@ -348,19 +353,26 @@ def main(argv: list[str] | None = None) -> None:
         if todo:
             raise SetupError(f"{args.mmrec} is not set up for this benchmark (run with --setup; "
                              "benchmarks/mmrec_patches.md lists the edits):\n  " + "\n  ".join(todo))
-    results = {}
+    results, failed = {}, []
     for model in args.models or list(MODELS):
         row = {"epochs": args.epochs, "mmrec_name": MODELS[model][0], "lr": LR, "batch": BATCH,
                "patience": PATIENCE, "hyper_parameters": MODELS[model][1]}
-        if args.sides != "ours":
-            row["mmrec"] = run_mmrec(args.mmrec, model, args.epochs)
-            print(f"{model} MMRec: {json.dumps(row['mmrec'])}", flush=True)
-        if args.sides != "mmrec":
-            row["ours"] = run_ours(model, args.epochs, seeds)
-            print(f"{model} modalrec: {json.dumps(row['ours'])}", flush=True)
-        results = merge_results(args.out, model, row)
+        # one side failing (a model not merged on our side yet, an MMRec crash) leaves the other's figures
+        for side, run in (("mmrec", lambda: run_mmrec(args.mmrec, model, args.epochs)),
+                          ("ours", lambda: run_ours(model, args.epochs, seeds))):
+            if args.sides in ("both", side):
+                try:
+                    row[side] = run()
+                    print(f"{model} {side}: {json.dumps(row[side])}", flush=True)
+                except RuntimeError as e:
+                    failed.append(f"{model} {side}")
+                    print(f"{model} {side} FAILED: {e}", file=sys.stderr, flush=True)
+        if "mmrec" in row or "ours" in row:
+            results = merge_results(args.out, model, row)
     print()
     print(markdown_table(results))
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
     return None
 
 
