@@ -25,8 +25,11 @@ DualGNN/DRAGON's user graph with MMRec's own preprocessing script (training inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -218,15 +221,27 @@ def parse_mmrec_log(text: str) -> dict:
             "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None}
 
 
+@contextlib.contextmanager
+def machine_use():
+    """Wall and CPU seconds of the subprocess run inside, and the load average around it: on a shared
+    machine per-epoch wall times swing with other jobs, so the table's reader needs the load beside them."""
+    use: dict = {"load_before": os.getloadavg()[0]}
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    yield use
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    use.update(wall_s=time.perf_counter() - started, load_after=os.getloadavg()[0],
+               cpu_s=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
 def run_mmrec(mmrec: Path, model: str, epochs: int) -> dict:
     spec = {"model": MODELS[model][0], "config": mmrec_config(model, epochs)}
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", MMREC_DRIVER, json.dumps(spec)], cwd=mmrec / "src",
-                          capture_output=True, text=True)
+    with machine_use() as use:
+        proc = subprocess.run([sys.executable, "-c", MMREC_DRIVER, json.dumps(spec)], cwd=mmrec / "src",
+                              capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode:
         raise RuntimeError(f"MMRec {spec['model']} failed (exit {proc.returncode}):\n{log[-3000:]}")
-    return {**parse_mmrec_log(log), "wall_s": time.perf_counter() - started, "seed": 999}
+    return {**parse_mmrec_log(log), **use, "seed": 999}
 
 
 def our_overrides(model: str, epochs: int, seeds: list[int]) -> list[str]:
@@ -241,8 +256,6 @@ def our_overrides(model: str, epochs: int, seeds: list[int]) -> list[str]:
 
 def ours_worker(model: str, epochs: int, seeds: list[int]) -> None:
     """Our side, in its own process: train every seed, print one JSON line with tests, timings, peak RSS."""
-    import resource
-
     from pipeline import api
 
     r = api.train(CONFIG, our_overrides(model, epochs, seeds), overwrite=True)
@@ -256,15 +269,15 @@ def ours_worker(model: str, epochs: int, seeds: list[int]) -> None:
 
 
 def run_ours(model: str, epochs: int, seeds: list[int]) -> dict:
-    started = time.perf_counter()
     cmd = [sys.executable, __file__, "--ours-worker", model, "--epochs", str(epochs),
            "--seeds", ",".join(map(str, seeds))]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    with machine_use() as use:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("OURS_RESULT ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"modalrec {model} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     out = json.loads(line[len("OURS_RESULT "):])
-    out.update(mean_std(list(out["per_seed"].values())), seeds=seeds, wall_s=time.perf_counter() - started)
+    out.update(mean_std(list(out["per_seed"].values())), **use, seeds=seeds)
     return out
 
 
@@ -286,10 +299,17 @@ def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _use(side: dict) -> str:
+    if side.get("wall_s") is None:
+        return "-"
+    return (f"{side['wall_s']:.0f} ({_num(side.get('cpu_s'), '.0f')}), "
+            f"{_num(side.get('load_before'), '.1f')}-{_num(side.get('load_after'), '.1f')}")
+
+
 def markdown_table(results: dict) -> str:
     """One block per model: modalrec (mean ± std over its seeds), MMRec (seed 999), then the speed ratio."""
     head = ("| model | side | epochs (cap) | test R@10 | test R@20 | test N@10 | test N@20 | train s/epoch "
-            "| valid-eval s/epoch | peak RSS MB | speed ratio |")
+            "| valid-eval s/epoch | peak RSS MB | speed ratio | run wall s (CPU s), load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, row in results.items():
         ours, mm = row.get("ours"), row.get("mmrec")
@@ -300,12 +320,12 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {model} | modalrec, seeds {seeds} | {'/'.join(map(str, ours['epochs']))} "
                          f"({row['epochs']}) | " + " | ".join(cells)
                          + f" | {_num(ours['train_s'], '.3f')} | {_num(ours['eval_s'], '.3f')} "
-                           f"| {_num(ours['peak_rss_mb'], '.0f')} | {_num(ratio, '.2f') + 'x' if ratio else '-'} |")
+                           f"| {_num(ours['peak_rss_mb'], '.0f')} | {_num(ratio, '.2f') + 'x' if ratio else '-'} | {_use(ours)} |")
         if mm:
             lines.append(f"| {'' if ours else model} | MMRec {MODELS[model][0]}, seed 999 | {mm['epochs']} "
                          f"({row['epochs']}) | " + " | ".join(f"{mm['test'][m]:.4f}" for m in METRICS)
                          + f" | {_num(mm['train_s'], '.3f')} | {_num(mm['eval_s'], '.3f')} "
-                           f"| {_num(mm['peak_rss_mb'], '.0f')} | |")
+                           f"| {_num(mm['peak_rss_mb'], '.0f')} | | {_use(mm)} |")
     return "\n".join(lines)
 
 

@@ -80,7 +80,8 @@ def _row():
             "peak_rss_mb": 812.4, "mean": dict(zip(sbs.METRICS, (0.05, 0.08, 0.03, 0.04))),
             "std": dict(zip(sbs.METRICS, (0.001, 0.002, 0.0005, 0.0))),}
     mmrec = {"test": dict(zip(sbs.METRICS, (0.0549, 0.0888, 0.029, 0.0375))), "train_s": 0.6, "eval_s": 0.3,
-             "epochs": 25, "peak_rss_mb": 1165.5}
+             "epochs": 25, "peak_rss_mb": 1165.5, "wall_s": 300.2, "cpu_s": 119.6,
+             "load_before": 3.21, "load_after": 4.96}
     return {"epochs": 30, "ours": ours, "mmrec": mmrec}
 
 
@@ -88,8 +89,8 @@ def test_markdown_table_rows():
     lines = sbs.markdown_table({"lightgcn": _row()}).splitlines()
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[3].count("|")
     assert lines[2] == ("| lightgcn | modalrec, seeds 1,999 | 12/30 (30) | 0.0500 ± 0.0010 | 0.0800 ± 0.0020 "
-                        "| 0.0300 ± 0.0005 | 0.0400 ± 0.0000 | 0.250 | 0.050 | 812 | 3.00x |")
-    assert lines[3] == "|  | MMRec LightGCN, seed 999 | 25 (30) | 0.0549 | 0.0888 | 0.0290 | 0.0375 | 0.600 | 0.300 | 1166 | |"
+                        "| 0.0300 ± 0.0005 | 0.0400 ± 0.0000 | 0.250 | 0.050 | 812 | 3.00x | - |")
+    assert lines[3] == "|  | MMRec LightGCN, seed 999 | 25 (30) | 0.0549 | 0.0888 | 0.0290 | 0.0375 | 0.600 | 0.300 | 1166 | | 300 (120), 3.2-5.0 |"
 
 
 def test_merge_results_accumulates_models_and_keeps_the_other_side(tmp_path):
