@@ -69,12 +69,16 @@ MODELS: dict[str, tuple[str, dict[str, dict]]] = {
     "dualgnn": ("DualGNN", {"n_layers": S(2, "n_layers"), "aggr_mode": S("add", "aggr_mode"),
                             "reg_weight": S(0.1, "reg_weight")}),
     "lattice": ("LATTICE", {"reg_weight": S(0.0, "reg_weight"), "knn_k": S(10, "knn_k"),
-                            "lambda_coeff": S(0.9, "lambda_coeff"), "n_layers": S(1, "n_layers")}),
-    "slmrec": ("SLMRec", {"reg": S(1e-4, "reg"), "ssl_temp": S(0.1, "ssl_temp"),
-                          "ssl_alpha": S(0.01, "ssl_alpha"), "layer_num": S(3, "layer_num")}),
+                            "lambda_coeff": S(0.9, "lambda_coeff"), "n_layers": S(1, "n_layers"),
+                            "feat_embed_dim": S(64, "feat_embed_dim"),
+                            "weight_size": S([64, 64], "n_ui_layers", 2, "MMRec's user-item layers: len(weight_size)")}),
+    "slmrec": ("SLMRec", {"reg": S(1e-4, None, why="a grid over a key MMRec's SLMRec never reads"),
+                          "ssl_temp": S(0.1, "ssl_temp"), "ssl_alpha": S(0.01, "ssl_alpha"),
+                          "layer_num": S(3, "n_layers"), "temp": S(0.2, "temp"),
+                          "weight_decay": S(1e-4, "weight_decay")}),
     "bm3": ("BM3", {"n_layers": S(1, "n_layers"), "reg_weight": S(0.1, "reg_weight"),
                     "dropout": S(0.3, "dropout"), "cl_weight": S(2.0, "cl_weight")}),
-    "mgcn": ("MGCN", {"cl_loss": S(1e-3, "cl_loss"), "n_ui_layers": S(2, "n_ui_layers"),
+    "mgcn": ("MGCN", {"cl_loss": S(1e-3, "cl_weight"), "n_ui_layers": S(2, "n_ui_layers"),
                       "n_layers": S(1, "n_layers"), "reg_weight": S(1e-4, "reg_weight"),
                       "knn_k": S(10, "knn_k")}),
     "dragon": ("DRAGON", {"aggr_mode": S("add", "aggr_mode"), "reg_weight": S(0.1, "reg_weight"),
@@ -329,6 +333,20 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def mapping_table() -> str:
+    """Every model's hyper-parameters as both sides get them (markdown), for the reader and the README."""
+    lines = ["| model | MMRec key = value | ours | note |", "|---|---|---|---|"]
+    for model, (name, params) in MODELS.items():
+        for i, (key, p) in enumerate(params.items()):
+            ours = "-" if p["ours"] is None else f"`model.{model}.{p['ours']}={json.dumps(p['our_value'])}`"
+            lines.append(f"| {f'{model} ({name})' if i == 0 else ''} | `{key}: {json.dumps(p['mmrec'])}` | {ours} "
+                         f"| {p['why']} |")
+    lines.append(f"| all | `learning_rate: {LR}`, `train_batch_size: {BATCH}`, `stopping_step: {PATIENCE}`, "
+                 f"`valid_metric: Recall@20` | `train.lr`, `train.batch_size`, `train.patience`, "
+                 "`train.valid_metric=recall@20`, `eval.mask_valid_in_test=false` | learning_rate pinned, see MODELS |")
+    return "\n".join(lines)
+
+
 def merge_results(path: Path, model: str, row: dict) -> dict:
     """Add or replace one model's row in the JSON results file (runs for other models stay)."""
     from pipeline.atomic import write_json_atomic
@@ -353,11 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sides", choices=("both", "mmrec", "ours"), default="both")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "side_by_side.json")
     ap.add_argument("--table", action="store_true", help="only print the table of what --out holds")
+    ap.add_argument("--mapping", action="store_true", help="only print the per-model hyper-parameter mapping")
     ap.add_argument("--ours-worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.ours_worker:
         return ours_worker(args.ours_worker, args.epochs, seeds)
+    if args.mapping:
+        print(mapping_table())
+        return None
     if args.table:
         print(markdown_table(json.loads(args.out.read_text())))
         return None

@@ -151,3 +151,10 @@ def test_setup_check_lists_and_applies_the_patches(tmp_path, monkeypatch):
     assert "text_feature_file: 'audio_feat.npy'" in (src / "configs/dataset/tiktok.yaml").read_text()
     with pytest.raises(sbs.SetupError, match="not an MMRec snapshot"):
         sbs.unpatched(tmp_path)
+
+
+def test_mapping_table_names_both_sides():
+    table = sbs.mapping_table()
+    assert "| freedom (FREEDOM) | `dropout: 0.8` | `model.freedom.dropout=0.8` |" in table
+    assert '`model.freedom.feature_weights={"image": 0.1, "audio": 0.9}`' in table
+    assert "|  | `reg: 0.0001` | - | a grid over a key MMRec's SLMRec never reads |" in table
