@@ -157,4 +157,4 @@ def test_mapping_table_names_both_sides():
     table = sbs.mapping_table()
     assert "| freedom (FREEDOM) | `dropout: 0.8` | `model.freedom.dropout=0.8` |" in table
     assert '`model.freedom.feature_weights={"image": 0.1, "audio": 0.9}`' in table
-    assert "|  | `reg: 0.0001` | - | a grid over a key MMRec's SLMRec never reads |" in table
+    assert "| slmrec (SLMRec) | `reg: 0.0001` | - | a grid over a key MMRec's SLMRec never reads |" in table
