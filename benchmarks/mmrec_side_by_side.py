@@ -237,11 +237,21 @@ def machine_use():
                cpu_s=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
 
-def run_mmrec(mmrec: Path, model: str, epochs: int) -> dict:
+def side_env(threads: int | None) -> dict:
+    """The sides' environment: `threads` caps torch's intra-op threads (OpenMP/MKL) on both alike. On a
+    machine loaded beyond its cores, threads that wait on each other at every op's barrier make both sides
+    many times slower than one thread each."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def run_mmrec(mmrec: Path, model: str, epochs: int, threads: int | None = None) -> dict:
     spec = {"model": MODELS[model][0], "config": mmrec_config(model, epochs)}
     with machine_use() as use:
         proc = subprocess.run([sys.executable, "-c", MMREC_DRIVER, json.dumps(spec)], cwd=mmrec / "src",
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=side_env(threads))
     log = proc.stdout + proc.stderr
     if proc.returncode:
         raise RuntimeError(f"MMRec {spec['model']} failed (exit {proc.returncode}):\n{log[-3000:]}")
@@ -272,11 +282,11 @@ def ours_worker(model: str, epochs: int, seeds: list[int]) -> None:
     print("OURS_RESULT " + json.dumps(out), flush=True)
 
 
-def run_ours(model: str, epochs: int, seeds: list[int]) -> dict:
+def run_ours(model: str, epochs: int, seeds: list[int], threads: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--ours-worker", model, "--epochs", str(epochs),
            "--seeds", ",".join(map(str, seeds))]
     with machine_use() as use:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=side_env(threads))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("OURS_RESULT ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"modalrec {model} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -353,7 +363,8 @@ def merge_results(path: Path, model: str, row: dict) -> dict:
 
     results = json.loads(path.read_text()) if path.is_file() else {}
     old = results.get(model, {})
-    if old.get("epochs") == row["epochs"]:  # a one-side rerun keeps the other side of the same cap
+    if (old.get("epochs"), old.get("threads")) == (row["epochs"], row.get("threads")):
+        # a one-side rerun keeps the other side of the same cap and threads
         row = {**old, **row}
     results[model] = row
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epoch cap, both sides (default 30)")
     ap.add_argument("--seeds", default="1,2,3,999", help="our seeds, comma-separated (MMRec runs 999)")
     ap.add_argument("--sides", choices=("both", "mmrec", "ours"), default="both")
+    ap.add_argument("--threads", type=int, help="torch threads per side (OMP/MKL_NUM_THREADS); default: torch's")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "side_by_side.json")
     ap.add_argument("--table", action="store_true", help="only print the table of what --out holds")
     ap.add_argument("--mapping", action="store_true", help="only print the per-model hyper-parameter mapping")
@@ -397,11 +409,11 @@ def main(argv: list[str] | None = None) -> None:
                              "benchmarks/mmrec_patches.md lists the edits):\n  " + "\n  ".join(todo))
     results, failed = {}, []
     for model in args.models or list(MODELS):
-        row = {"epochs": args.epochs, "mmrec_name": MODELS[model][0], "lr": LR, "batch": BATCH,
+        row = {"epochs": args.epochs, "threads": args.threads, "mmrec_name": MODELS[model][0], "lr": LR, "batch": BATCH,
                "patience": PATIENCE, "hyper_parameters": MODELS[model][1]}
         # one side failing (a model not merged on our side yet, an MMRec crash) leaves the other's figures
-        for side, run in (("mmrec", lambda: run_mmrec(args.mmrec, model, args.epochs)),
-                          ("ours", lambda: run_ours(model, args.epochs, seeds))):
+        for side, run in (("mmrec", lambda: run_mmrec(args.mmrec, model, args.epochs, args.threads)),
+                          ("ours", lambda: run_ours(model, args.epochs, seeds, args.threads))):
             if args.sides in ("both", side):
                 try:
                     row[side] = run()
