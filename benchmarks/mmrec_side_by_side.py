@@ -18,8 +18,9 @@ benchmarks/mmrec_patches.md), adds a tiktok dataset config, symlinks the shared 
 DualGNN/DRAGON's user graph with MMRec's own preprocessing script (training interactions only).
 
     mkdir -p /work/scratch/mmrec && git -C /work/.mirror/enoche+MMRec/repo archive HEAD | tar -x -C /work/scratch/mmrec
-    python benchmarks/mmrec_side_by_side.py --mmrec /work/scratch/mmrec --setup --epochs 30 bpr lightgcn
-    python benchmarks/mmrec_side_by_side.py --mmrec /work/scratch/mmrec --sides mmrec --epochs 2 mmgcn grcn
+    python benchmarks/mmrec_side_by_side.py --mmrec /work/scratch/mmrec --setup --threads 1 --epochs 20 bpr lightgcn
+    python benchmarks/mmrec_side_by_side.py --mmrec /work/scratch/mmrec --threads 1 --sides mmrec --epochs 2 mmgcn
+    python benchmarks/mmrec_side_by_side.py --table
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "configs" / "tiktok.yaml"
-DATA = Path("/work/shared/data/tiktok")
+DATA = Path(os.environ.get("MODALREC_DATA", REPO.parent / "shared" / "data")) / "tiktok"  # as tiktok.yaml
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 LR, BATCH, PATIENCE = 0.001, 2048, 20
 
@@ -182,7 +183,6 @@ def mmrec_config(model: str, epochs: int) -> dict:
 # Runs in MMRec's src/ (its modules import each other top-level); prints its peak RSS for the harness.
 MMREC_DRIVER = """
 import json, resource, sys
-from utils.configurator import Config
 spec = json.loads(sys.argv[1])
 import yaml
 with open('configs/model/%s.yaml' % spec['model']) as f:
