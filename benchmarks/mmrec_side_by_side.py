@@ -101,6 +101,10 @@ PATCHES = [
     ("models/*.py", "A._update(data_dict)", "A._dict.update(data_dict)", "scipy>=1.12 dok_matrix has no _update"),
     ("common/encoders.py", "A._update(data_dict)", "A._dict.update(data_dict)", "as above"),
     ("models/*.py", ".cuda()", ".cpu()", "CPU machine (use_gpu False is passed in the run's config)"),
+    ("models/*.py", "np.random.randn(num_user + num_item, dim_x)))).to(self.device)\n",
+     "np.random.randn(num_user + num_item, dim_x)))).to(self.device).clone()\n",
+     "DualGNN/DRAGON's result_embed: on a GPU, .to() copies the Parameter into a plain tensor that forward() "
+     "may overwrite; on a CPU it returns the registered Parameter itself and the overwrite raises TypeError"),
     ("models/slmrec.py", "from torch_scatter import scatter", "from torch_geometric.utils import scatter",
      "torch_scatter has no build for today's torch; PyG's own scatter has the same signature (and SLMRec only "
      "calls it in a comment)"),
