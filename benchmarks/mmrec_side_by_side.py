@@ -105,6 +105,10 @@ PATCHES = [
      "np.random.randn(num_user + num_item, dim_x)))).to(self.device).clone()\n",
      "DualGNN/DRAGON's result_embed: on a GPU, .to() copies the Parameter into a plain tensor that forward() "
      "may overwrite; on a CPU it returns the registered Parameter itself and the overwrite raises TypeError"),
+    ("utils/utils.py", "    from torch_scatter import scatter_add\n",
+     "    from torch_geometric.utils import scatter\n"
+     "    scatter_add = lambda src, index, dim, dim_size: scatter(src, index, dim, dim_size, reduce='sum')\n",
+     "MGCN's graph normalisation: torch_scatter has no build for today's torch; PyG's scatter sums alike"),
     ("models/slmrec.py", "from torch_scatter import scatter", "from torch_geometric.utils import scatter",
      "torch_scatter has no build for today's torch; PyG's own scatter has the same signature (and SLMRec only "
      "calls it in a comment)"),
