@@ -8,7 +8,23 @@ A new model is one file here plus its import line below.
 
 from __future__ import annotations
 
-from . import mf, lightgcn, hybrid, freedom, two_tower, sasrec  # noqa: F401  (each registers its model)
+# each module registers its model when imported
+from . import mf  # noqa: F401
+from . import lightgcn  # noqa: F401
+from . import hybrid  # noqa: F401
+from . import freedom  # noqa: F401
+from . import two_tower  # noqa: F401
+from . import sasrec  # noqa: F401
+from . import lattice  # noqa: F401
+from . import dualgnn  # noqa: F401
+from . import mgcn  # noqa: F401
+from . import dragon  # noqa: F401
+from . import itemknncbf  # noqa: F401
+from . import lgmrec  # noqa: F401
+from . import bm3  # noqa: F401
+from . import slmrec  # noqa: F401
+from . import mmgcn  # noqa: F401
+from . import grcn  # noqa: F401
 from .base import Recommender
 from .factory import LoadedFeature, build_model
 from .registry import MODELS, BuildContext, ModelSpec, register_model

@@ -93,6 +93,9 @@ class FREEDOM(Recommender):
 
 @register_model("freedom")
 class FREEDOMSpec(ModelSpec):
+    family = "item-item graph (frozen kNN) + pruned user-item graph"
+    paper = "Zhou & Shen, MM 2023"
+    caches = "item-item kNN graph of the features"
     no_live_encoders = WHOLE_GRAPH
     n_ui_layers: int = Field(2, ge=1)
     n_mm_layers: int = Field(1, ge=1)

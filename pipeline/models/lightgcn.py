@@ -100,6 +100,9 @@ class LightGCN(Recommender):
 
 @register_model("lightgcn")
 class LightGCNSpec(ModelSpec):
+    family = "user-item graph (ids only)"
+    paper = "He et al., SIGIR 2020"
+    caches = "nothing"
     no_live_encoders = WHOLE_GRAPH
     n_layers: int = Field(1, ge=1)
     reg_weight: float = Field(0.01, ge=0)

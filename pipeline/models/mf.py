@@ -37,6 +37,9 @@ class MF(Recommender):
 
 @register_model("bpr")
 class BPRSpec(ModelSpec):
+    family = "collaborative filtering (ids only)"
+    paper = "Rendle et al., UAI 2009"
+    caches = "nothing"
     reg_weight: float = Field(0.01, ge=0)
 
     def build(self, ctx: BuildContext) -> MF:
@@ -46,6 +49,9 @@ class BPRSpec(ModelSpec):
 
 @register_model("vbpr")
 class VBPRSpec(ModelSpec):
+    family = "matrix factorisation with content"
+    paper = "He & McAuley, AAAI 2016"
+    caches = "nothing"
     reg_weight: float = Field(2.0, ge=0)  # MMRec's default for VBPR
 
     def default_tower(self, features: list[str]) -> dict[str, Any]:

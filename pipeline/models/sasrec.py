@@ -117,6 +117,9 @@ class SASRec(Recommender):
 
 @register_model("sasrec")
 class SASRecSpec(ModelSpec):
+    family = "sequential (self-attention)"
+    paper = "Kang & McAuley, ICDM 2018"
+    caches = "nothing"
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(1, ge=1)  # must divide model.dim
     dropout: float = Field(0.2, ge=0, lt=1)

@@ -153,7 +153,8 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                 loss = model(batch)
                 if not torch.isfinite(loss):
                     raise ModalrecError(f"training diverged at epoch {epoch}: loss is {loss.item()}; lower train.lr")
-                accelerator.backward(loss)
+                if trainable_params:  # a model with nothing to learn (itemknncbf) reports its loss only
+                    accelerator.backward(loss)
             if accelerator.sync_gradients:
                 optimizer.step()
                 scheduler.step()
