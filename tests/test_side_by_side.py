@@ -107,7 +107,7 @@ def test_merge_results_accumulates_models_and_keeps_the_other_side(tmp_path):
     assert "mmrec" not in json.loads(out.read_text())["lightgcn"]
 
 
-@pytest.mark.parametrize("model", ["bpr", "lightgcn", "vbpr", "freedom"])
+@pytest.mark.parametrize("model", ["bpr", "lightgcn", "vbpr", "freedom", "mmgcn", "grcn"])
 def test_both_sides_get_the_same_hyper_parameters(model):
     from pipeline.config import load_config
 
@@ -121,8 +121,10 @@ def test_both_sides_get_the_same_hyper_parameters(model):
         assert mm[key] == p["mmrec"]
         if key == "mm_image_weight":
             assert params["feature_weights"] == {"image": mm[key], "audio": 1 - mm[key]}
-        else:
+        elif p["our_value"] == p["mmrec"]:
             assert params[p["ours"]] == mm[key], key
+        else:  # a deliberate difference carries its reason
+            assert params[p["ours"]] == p["our_value"] and p["why"], key
 
 
 def test_setup_check_lists_and_applies_the_patches(tmp_path, monkeypatch):
