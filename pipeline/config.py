@@ -134,6 +134,9 @@ class ModelConfig(Section):
     name: ModelName
     dim: int = Field(64, gt=0)
     item_tower: TowerConfig | None = None  # default: the model's own (ids; VBPR: ids + all features)
+    # the feature sets the model may read, through its default tower or on its own (FREEDOM's and
+    # the graph models' item-item graphs); default: every one in `features`. `compare` sets it per arm
+    features: list[str] | None = None
 
     @model_validator(mode="after")
     def _model_sections(self) -> "ModelConfig":
@@ -154,6 +157,10 @@ class ModelConfig(Section):
     def params(self):
         """The chosen model's own settings (``model.<name>``), an instance of its registered class."""
         return self.__pydantic_extra__[self.name]
+
+    def readable(self, configured: list[str]) -> list[str]:
+        """The feature sets out of ``configured`` (the `features` section's) the model may read."""
+        return list(configured) if self.features is None else [f for f in configured if f in self.features]
 
     def tower(self, features: list[str]) -> TowerConfig:
         """The item tower: ``item_tower`` as given, else the model's default over ``features``
@@ -261,10 +268,17 @@ class Config(Section):
         for name, src in self.features.items():
             if src.encoder is not None and src.run is None:
                 self._encoder_field(f"features.{name}.encoder", f"features.{name}.field", src.encoder, src.field)
+        if self.model is not None and self.model.features is not None:
+            unknown = [f for f in self.model.features if f not in self.features]
+            if unknown:
+                raise ValueError(f"model.features: {unknown} not in `features` ({sorted(self.features)})")
         if self.model is not None and self.model.item_tower is not None:
             for f in self.model.item_tower.features:
                 if f not in self.features:
                     raise ValueError(f"model.item_tower.features: {f!r} is not in `features` ({sorted(self.features)})")
+                if self.model.features is not None and f not in self.model.features:
+                    raise ValueError(f"model.item_tower.features: {f!r} is not in model.features "
+                                     f"({self.model.features})")
             for name, live in self.model.item_tower.live.items():
                 where = f"model.item_tower.live.{name}"
                 self._encoder_field(where, f"{where}.field", name, live.field)

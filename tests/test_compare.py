@@ -302,3 +302,31 @@ def test_cli_dry_run_and_config_errors(tmp_path):
         with pytest.raises(ConfigError) as e:
             run_compare(DEMO, [*base, bad], dry_run=True)
         assert all(w in str(e.value) for w in words), (bad, str(e.value))
+
+
+def test_models_that_read_features_themselves_compare_frozen_arms(grid, tmp_path):
+    """A model that reads feature sets on its own (item-item graphs: FREEDOM, the zoo's graph
+    models) gets each arm's content as `model.features`, not a tower: the frozen-text arm scores
+    exactly as the model trained on a config whose only feature set is text. Such models take no
+    live encoders: fine-tuned arms are left out by default and refused when asked for."""
+    from pipeline.api import compare as run_compare
+    from pipeline.api import train as run_train
+    from pipeline.errors import ConfigError
+
+    overrides = [o for o in grid[0] if not o.startswith(("compare.", "features="))]
+    both = "features={text: {encoder: text}, image: {encoder: image}}"
+    base = [*overrides, both, "compare.model=itemknncbf", "compare.seeds=[1]", "compare.name=zoo"]
+    with pytest.raises(ConfigError, match=r"compare.finetune: model itemknncbf"):
+        run_compare(DEMO, [*base, "compare.finetune=[image]"])
+    arms = _arms(run_compare(DEMO, base))
+    assert set(arms) == {"id-only", "frozen-text", "frozen-image", "frozen-fused"}
+    assert arms["id-only"]["status"] == "failed" and "itemknncbf" in arms["id-only"]["error"]
+
+    def arm_test(name):
+        return json.loads((Path(arms[name]["runs"][0]["run_dir"]) / "result.json").read_text())["test"]
+
+    text_only = run_train(DEMO, [*overrides, "features={text: {encoder: text}}", "model.name=itemknncbf",
+                                 "train.seed=1", f"train.runs_dir={tmp_path}"])
+    assert arm_test("frozen-text") == pytest.approx(text_only["test"], abs=1e-7)
+    assert arm_test("frozen-image") != pytest.approx(arm_test("frozen-text"), abs=1e-6)
+    assert arm_test("frozen-fused") != pytest.approx(arm_test("frozen-text"), abs=1e-6)

@@ -1,7 +1,11 @@
 """The arms of a comparison: each one is a list of config overrides applied to the compare config.
 
 Every arm trains the same recommender (``compare.model``) with the same `train` and `eval`
-sections; arms differ only in the item tower (and, for ``ftfeat`` arms, in one feature set):
+sections; arms differ only in the content the model reads (and, for ``ftfeat`` arms, in one
+feature set). A model whose content enters through its item tower (two-tower, VBPR, ...) gets
+the arm's tower; a model that reads feature sets on its own (FREEDOM and the graph models of the
+zoo build item-item graphs from them) keeps its own tower and gets the arm's feature sets as
+``model.features``. Such models take no live encoders, so they compare frozen arms only:
 
 ==============================  ============================================================
 ``id-only``                     item ids, no content
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from ..config import Config, TowerConfig
 from ..errors import ConfigError
+from ..models import MODELS
 from ..policy import Policy
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -74,6 +79,14 @@ def _live(policy: Policy, field: str | None) -> dict:
     if field is not None:
         spec["field"] = field
     return spec
+
+
+def _content(reads_itself: bool, ids: bool, features: list[str], live: dict | None = None) -> list[str]:
+    """The overrides that give an arm its content: ``features`` through the model's own reading
+    (``model.features``, its tower as configured) or through the item tower (ids or not, live)."""
+    if reads_itself:
+        return [f"model.features={json.dumps(features)}"]
+    return [f"model.features={json.dumps(features)}", *_tower(ids, features, live)]
 
 
 def _tower(ids: bool, features: list[str], live: dict | None = None) -> list[str]:
@@ -126,7 +139,13 @@ def build_arms(cfg: Config) -> list[Arm]:
     for n in features:
         if cfg.features[n].encoder is not None and getattr(cfg.features[n], "run", None) is None:
             by_encoder.setdefault(cfg.features[n].encoder, []).append(n)
-    finetune = list(by_encoder) if c.finetune is None else list(c.finetune)
+    spec = MODELS.get(c.model or cfg.model.name)
+    # content read by the model itself, not its tower: FREEDOM's kNN graph, the zoo's graph models
+    reads_itself = bool(spec().extra_features(["a", "b"]))
+    if spec.no_live_encoders and c.finetune:
+        raise ConfigError(f"compare.finetune: model {spec.name} {spec.no_live_encoders}; compare its frozen arms "
+                          "with compare.finetune: [] or pick a model that takes live encoders (two_tower)")
+    finetune = ([] if spec.no_live_encoders else list(by_encoder)) if c.finetune is None else list(c.finetune)
     for e in finetune:
         if e not in cfg.encoders:
             raise ConfigError(f"compare.finetune: no encoder {e!r} in `encoders` ({sorted(cfg.encoders)})")
@@ -146,11 +165,11 @@ def build_arms(cfg: Config) -> list[Arm]:
 
     arms: list[Arm] = []
     if c.id_only:
-        arms.append(Arm("id-only", "id", _tower(True, [])))
+        arms.append(Arm("id-only", "id", _content(reads_itself, True, [])))
     if len(features) == 1 or c.ablation:
-        arms += [Arm(f"frozen-{n}", "frozen", _tower(False, [n]), features=[n]) for n in features]
+        arms += [Arm(f"frozen-{n}", "frozen", _content(reads_itself, False, [n]), features=[n]) for n in features]
     if len(features) > 1:
-        arms.append(Arm("frozen-fused", "fused", _tower(False, features), features=list(features)))
+        arms.append(Arm("frozen-fused", "fused", _content(reads_itself, False, features), features=list(features)))
     for e in finetune:
         for n in by_encoder[e]:
             src = cfg.features[n]
@@ -161,7 +180,7 @@ def build_arms(cfg: Config) -> list[Arm]:
                                 encoder=e, policy=str(p), counterpart=counterpart))
                 if p in ft_feat:
                     ft_name = f"ft_{n}_{policy_slug(p)}".replace("-", "_").replace(".", "_")
-                    arms.append(Arm(f"ftfeat-{n}-{policy_slug(p)}", "ftfeat", _tower(False, [ft_name]),
+                    arms.append(Arm(f"ftfeat-{n}-{policy_slug(p)}", "ftfeat", _content(reads_itself, False, [ft_name]),
                                     features=[ft_name], feature=n, encoder=e, policy=str(p), counterpart=counterpart,
                                     depends_on=name, ft_feature=ft_name, field=src.field))
     for name, keys in c.arms.items():

@@ -17,8 +17,8 @@ from .trainer import mean_std, train
 
 def needed_features(cfg: Config) -> list[str]:
     """The feature sets the configured model reads: its item tower's and its own (FREEDOM's graph)."""
-    configured = list(cfg.features)
-    return list(dict.fromkeys([*cfg.model.tower(configured).features, *cfg.model.params.extra_features(configured)]))
+    readable = cfg.model.readable(list(cfg.features))
+    return list(dict.fromkeys([*cfg.model.tower(readable).features, *cfg.model.params.extra_features(readable)]))
 
 
 def run_training(cfg: Config, data: PreparedData, resume: bool = False, accelerator=None,
