@@ -28,11 +28,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
 from .base import Recommender, emb_loss, normalized_bipartite
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def cosine_gap(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -114,13 +113,7 @@ class BM3Spec(ModelSpec):
         return list(self.features or features)
 
     def build(self, ctx: BuildContext) -> BM3:
-        if not ctx.features:
-            raise ConfigError("model bm3 aligns items with their features: add a `features` section")
-        names = self.features or list(ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.bm3.features: {unknown} not in `features` ({sorted(ctx.features)})")
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
+        filled = ctx.content("bm3", "aligns items with their features", "features", self.features)
         users, items = ctx.data.pairs("train")
         return BM3(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items, filled, n_layers=self.n_layers,
                    dropout=self.dropout, reg_weight=self.reg_weight, cl_weight=self.cl_weight,

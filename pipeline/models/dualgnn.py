@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from .base import Recommender, normalized_bipartite, sparse_transpose, spmm
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 from .user_graph import cached_co_occurrence, row_mean, row_softmax
 
 
@@ -130,17 +130,10 @@ class DualGNNSpec(ModelSpec):
         return list(self.modalities or features)
 
     def build(self, ctx: BuildContext) -> DualGNN:
-        if not ctx.features:
-            raise ConfigError("model dualgnn represents items by their features: add a `features` section")
         if ctx.tower.features or ctx.tower.live:
             raise ConfigError("model.item_tower: dualgnn's items are its own per-modality MLPs over "
                               "model.dualgnn.modalities; it takes no item tower")
-        names = self.modalities or list(ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.dualgnn.modalities: {unknown} not in `features` ({sorted(ctx.features)})")
-        # a missing row: the mean, so the item starts as a typical one of that modality
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
+        filled = ctx.content("dualgnn", "represents items by their features", "modalities", self.modalities)
         users, items = ctx.data.pairs("train")
         counts = cached_co_occurrence(ctx.cache_dir, users, items, ctx.data.n_users, ctx.data.n_items,
                                       self.user_knn_k)

@@ -43,11 +43,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
 from .base import Recommender, bpr_loss
 from .lightgcn import WHOLE_GRAPH
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def segment_softmax(scores: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -262,16 +261,9 @@ class GRCNSpec(ModelSpec):
         return list(self.modalities or features)
 
     def build(self, ctx: BuildContext) -> GRCN:
-        features = ctx.features
-        if not features:
-            raise ConfigError("model grcn refines its graph with item content: add a `features` section")
-        names = self.modalities or list(features)
-        unknown = sorted(set(names) - set(features))
-        if unknown:
-            raise ConfigError(f"model.grcn.modalities: {unknown} not in `features` ({sorted(features)})")
         # a missing row takes the modality's mean item: its edges get typical attention, not the
         # arbitrary direction a zero row would get from the MLP's bias
-        filled = {n: fill_missing(features[n].values.float(), features[n].mask, "mean") for n in names}
+        filled = ctx.content("grcn", "refines its graph with item content", "modalities", self.modalities)
         users, items = ctx.data.pairs("train")
         return GRCN(ctx.data.n_users, ctx.item_tower("xavier_normal"), users, items, filled,
                     content_dim=self.content_dim, n_routing=self.n_routing, reg_weight=self.reg_weight)

@@ -31,7 +31,6 @@ from ..errors import ConfigError
 from .base import Recommender, bpr_loss
 from .derived import cached_tensors
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import fill_missing
 
 
 def shrunk_knn(x: torch.Tensor, k: int, shrink: float, block: int = 2048) -> torch.Tensor:
@@ -109,19 +108,15 @@ class ItemKNNCBFSpec(ModelSpec):
         return list(self.feature_sets or features)
 
     def build(self, ctx: BuildContext) -> ItemKNNCBF:
-        if not ctx.features:
-            raise ConfigError("model itemknncbf scores by feature similarity: add a `features` section")
-        names = list(self.feature_sets or ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.itemknncbf.feature_sets: {unknown} not in `features` ({sorted(ctx.features)})")
+        filled = ctx.content("itemknncbf", "scores by feature similarity", "feature_sets", self.feature_sets)
+        names = list(filled)
         n_items = ctx.data.n_items
         if self.knn_k > n_items:
             raise ConfigError(f"model.itemknncbf.knn_k: {self.knn_k} neighbours asked of {n_items} items")
         used = {n: ctx.features[n] for n in names}
 
         def build_graph():
-            x = torch.cat([fill_missing(f.values.float(), f.mask, "mean") for f in used.values()], dim=1)
+            x = torch.cat([filled[n] for n in names], dim=1)
             return {"graph": shrunk_knn(x, self.knn_k, self.shrink)}
 
         ident = {"k": self.knn_k, "shrink": self.shrink, "features": [[n, f.fingerprint] for n, f in used.items()]}

@@ -35,7 +35,7 @@ from .derived import cached_tensors
 from .graphs import knn_indices
 from .lightgcn import WHOLE_GRAPH
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def weighted_knn(x: torch.Tensor, k: int, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,16 +215,10 @@ class LATTICESpec(ModelSpec):
         return list(self.modalities or features)
 
     def build(self, ctx: BuildContext) -> LATTICE:
-        if not ctx.features:
-            raise ConfigError("model lattice builds its item-item graphs from features: add a `features` section")
-        names = self.modalities or list(ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.lattice.modalities: {unknown} not in `features` ({sorted(ctx.features)})")
+        filled = ctx.content("lattice", "builds its item-item graphs from features", "modalities", self.modalities)
+        names = list(filled)
         if self.knn_k > ctx.data.n_items:
             raise ConfigError(f"model.lattice.knn_k: {self.knn_k} neighbours but only {ctx.data.n_items} items")
-        # a missing row has no neighbours to speak of: the mean links it to typical items
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
         raw = {n: cached_tensors(ctx.cache_dir, "lattice-knn",
                                  {"k": self.knn_k, "fill": "mean", "feature": ctx.features[n].fingerprint},
                                  lambda x=filled[n]: {"graph": raw_feature_graph(x, self.knn_k)})["graph"]

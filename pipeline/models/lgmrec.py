@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from .base import Recommender, compact_csr, emb_loss, normalized_bipartite, spmm
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 TAU = 0.2  # MMRec's fixed temperature of the Gumbel-softmax and of the contrastive loss
 
@@ -209,18 +209,12 @@ class LGMRecSpec(ModelSpec):
         return list(self.feature_sets or features)
 
     def build(self, ctx: BuildContext) -> LGMRec:
-        if not ctx.features:
-            raise ConfigError("model lgmrec builds its modality graphs and hypergraphs from features: "
-                              "add a `features` section")
-        names = list(self.feature_sets or ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.lgmrec.feature_sets: {unknown} not in `features` ({sorted(ctx.features)})")
+        filled = ctx.content("lgmrec", "builds its modality graphs and hypergraphs from features", "feature_sets",
+                             self.feature_sets)
         tower = ctx.item_tower("xavier_uniform")
         if self.feat_embed_dim is not None and tower.dim != self.feat_embed_dim:
             raise ConfigError(f"model.lgmrec.feat_embed_dim ({self.feat_embed_dim}) must equal the item tower's "
                               f"width ({tower.dim}; model.item_tower.combine=concat widens it)")
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
         users, items = ctx.data.pairs("train")
         return LGMRec(ctx.data.n_users, tower, users, items, filled, n_ui_layers=self.n_ui_layers,
                       n_mm_layers=self.n_mm_layers, n_hyper_layer=self.n_hyper_layer, hyper_num=self.hyper_num,

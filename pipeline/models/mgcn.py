@@ -41,7 +41,7 @@ from .derived import cached_tensors
 from .graphs import knn_indices
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def similarity_knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -170,18 +170,12 @@ class MGCNSpec(ModelSpec):
         return list(self.modalities or features)
 
     def build(self, ctx: BuildContext) -> MGCN:
-        if not ctx.features:
-            raise ConfigError("model mgcn builds an item-item graph per modality from features: add a `features` "
-                              "section")
-        names = self.modalities or list(ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.mgcn.modalities: {unknown} not in `features` ({sorted(ctx.features)})")
+        filled = ctx.content("mgcn", "builds an item-item graph per modality from features", "modalities",
+                             self.modalities)
+        names = list(filled)
         if self.knn_k > ctx.data.n_items:
             raise ConfigError(f"model.mgcn.knn_k: {self.knn_k} neighbours asked for, the catalog has "
                               f"{ctx.data.n_items} items")
-        # a missing row would have no neighbours to speak of: the mean links it to typical items
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
         graphs = {n: cached_similarity_graph(ctx.cache_dir, ctx.features[n].fingerprint, filled[n], self.knn_k)
                   for n in names}
         users, items = ctx.data.pairs("train")

@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
 from .base import Recommender, bpr_loss, compact_csr, spmm
 from .lightgcn import WHOLE_GRAPH
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def mean_aggregators(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> dict[str, torch.Tensor]:
@@ -180,16 +179,9 @@ class MMGCNSpec(ModelSpec):
         return list(self.modalities or features)
 
     def build(self, ctx: BuildContext) -> MMGCN:
-        features = ctx.features
-        if not features:
-            raise ConfigError("model mmgcn runs one graph network per modality: add a `features` section")
-        names = self.modalities or list(features)
-        unknown = sorted(set(names) - set(features))
-        if unknown:
-            raise ConfigError(f"model.mmgcn.modalities: {unknown} not in `features` ({sorted(features)})")
         # a missing row starts from the mean item of its modality: typical, not zero (which
         # F.normalize would leave at zero, cutting the item off from that modality)
-        filled = {n: fill_missing(features[n].values.float(), features[n].mask, "mean") for n in names}
+        filled = ctx.content("mmgcn", "runs one graph network per modality", "modalities", self.modalities)
         users, items = ctx.data.pairs("train")
         return MMGCN(ctx.data.n_users, ctx.item_tower("xavier_normal"), users, items, filled,
                      n_layers=self.n_layers, latent_dim=self.latent_dim, concat=self.concat,

@@ -75,6 +75,23 @@ class BuildContext:
     seed: int
     make_tower: Callable[[str], ItemTower]
 
+    def content(self, model: str, uses: str, key: str, names: list[str] | None = None) -> dict[str, Any]:
+        """The feature sets ``names`` (empty: every loaded one) as float tables with each missing
+        row set to its set's mean row, so an item without (say) an image starts as a typical item
+        of that modality rather than a zero vector that normalisation or a bias would make
+        arbitrary. A ``ConfigError`` when no feature set is loaded (``model <model> <uses>``) or
+        one of ``names`` is not (``model.<model>.<key>``, the setting that named it)."""
+        from ..errors import ConfigError
+        from .towers import fill_missing
+
+        if not self.features:
+            raise ConfigError(f"model {model} {uses}: add a `features` section")
+        names = list(names or self.features)
+        unknown = sorted(set(names) - set(self.features))
+        if unknown:
+            raise ConfigError(f"model.{model}.{key}: {unknown} not in `features` ({sorted(self.features)})")
+        return {n: fill_missing(self.features[n].values.float(), self.features[n].mask, "mean") for n in names}
+
     def item_tower(self, init: str = "xavier_normal") -> ItemTower:
         """The configured item tower; ``init`` names the ``torch.nn.init`` scheme of its id
         embeddings (``xavier_normal`` -> ``xavier_normal_``)."""

@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
 from .base import Recommender, in_batch_softmax, normalized_bipartite
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
-from .towers import ItemTower, fill_missing
+from .towers import ItemTower
 
 
 def xavier_linear(n_in: int, n_out: int) -> nn.Linear:
@@ -146,13 +145,7 @@ class SLMRecSpec(ModelSpec):
         return list(self.features or features)
 
     def build(self, ctx: BuildContext) -> SLMRec:
-        if not ctx.features:
-            raise ConfigError("model slmrec smooths item features over the graph: add a `features` section")
-        names = self.features or list(ctx.features)
-        unknown = sorted(set(names) - set(ctx.features))
-        if unknown:
-            raise ConfigError(f"model.slmrec.features: {unknown} not in `features` ({sorted(ctx.features)})")
-        filled = {n: fill_missing(ctx.features[n].values.float(), ctx.features[n].mask, "mean") for n in names}
+        filled = ctx.content("slmrec", "smooths item features over the graph", "features", self.features)
         users, items = ctx.data.pairs("train")
         return SLMRec(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items, filled,
                       n_layers=self.n_layers, temp=self.temp, ssl_temp=self.ssl_temp, ssl_alpha=self.ssl_alpha,
