@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -10,6 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .towers import ItemTower
+
+# The graph models build sparse COO / CSR tensors from indices they computed themselves, and the
+# CSR products are what the sparse BLAS runs: torch's notes that CSR support is "beta" and that
+# invariant checks are off (as they are by default) say nothing actionable to a user, once per run.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 class Recommender(nn.Module, ABC):
