@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from .base import Recommender, bpr_loss, compact_csr, spmm
+from .base import Recommender, batch_bpr, compact_csr, id_square_reg, spmm
 from .lightgcn import WHOLE_GRAPH
 from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
@@ -145,14 +145,9 @@ class MMGCN(Recommender):
     def loss(self, batch):
         id_items = self.item_tower()
         users, items = self.embeddings(id_items)
-        u_idx, n = batch["users"], len(batch["pos"])
-        both = torch.cat([batch["pos"], batch["neg"]])
-        u, its = users.index_select(0, u_idx), items.index_select(0, both)
-        loss = bpr_loss((u * its[:n]).sum(-1), (u * its[n:]).sum(-1))
+        loss = batch_bpr(users, items, batch)
         if self.reg_weight > 0:
-            # MMRec's mean over the [2B, D] rows of (user id)^2 + (item id)^2, each user twice
-            ego_u, ego_i = self.user.weight.index_select(0, u_idx), id_items.index_select(0, both)
-            reg = (2 * ego_u.pow(2).sum() + ego_i.pow(2).sum()) / (2 * n * ego_u.shape[1])
+            reg = id_square_reg(self.user.weight, id_items, batch)
             for gcn in self.gcns.values():
                 reg = reg + gcn.preference.pow(2).mean()
             loss = loss + self.reg_weight * reg
