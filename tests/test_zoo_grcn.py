@@ -3,7 +3,6 @@ score matrices masked by the adjacency, softmax over each node's neighbours, the
 as a dense weight matrix), and on the demo data: it learns, resumes exactly, and rejects bad
 features and settings."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,16 +12,10 @@ from pipeline.models.grcn import GRCN
 from pipeline.models.towers import IdTower
 
 from test_models import demo, run  # noqa: F401
+from test_zoo_mmgcn import tiny_graph  # the same 12 x 10 graph: the last user and item have no edge
 from zoo_checks import check_bad_features, check_learns, check_resume
 
 N_USERS, N_ITEMS, DIM, C = 12, 10, 4, 3
-
-
-def tiny_graph():
-    rng = np.random.default_rng(0)
-    users = np.concatenate([rng.integers(0, N_USERS - 1, 40), np.arange(N_USERS - 1)])
-    items = np.concatenate([rng.integers(0, N_ITEMS - 1, 40), np.arange(N_USERS - 1) % (N_ITEMS - 1)])
-    return users, items  # the last user and the last item have no edge
 
 
 def adjacency(users, items):
