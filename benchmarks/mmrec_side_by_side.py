@@ -66,7 +66,7 @@ MODELS: dict[str, tuple[str, dict[str, dict]]] = {
         "mm_image_weight": FW}),
     "mmgcn": ("MMGCN", {"n_layers": S(2, "n_layers", 3, "MMRec's MMGCN never reads n_layers: its code builds 3"),
                         "reg_weight": S(0.0, "reg_weight")}),
-    "grcn": ("GRCN", {"n_layers": S(3, "n_routing", why="MMRec's GRCN uses n_layers as its routing rounds"),
+    "grcn": ("GRCN", {"n_layers": S(3, "n_routing", 0, "MMRec's routing rounds, which add zeros (grcn.py): 0 rounds is its behaviour"),
                       "latent_embedding": S(64, "content_dim"), "reg_weight": S(0.1, "reg_weight")}),
     "dualgnn": ("DualGNN", {"n_layers": S(2, "n_layers"), "aggr_mode": S("add", None, why="ours sums the graph messages (MMRec's add), the only mode"),
                             "reg_weight": S(0.1, "reg_weight")}),
