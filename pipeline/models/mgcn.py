@@ -67,6 +67,35 @@ def cached_similarity_graph(cache_dir: Path, fingerprint: str, features: torch.T
     return cached_tensors(cache_dir, "knn-sim", ident, lambda: {"graph": similarity_knn_graph(features, k)})["graph"]
 
 
+class _CountedInfoNCE(torch.autograd.Function):
+    """``sum_k w_k (logsumexp_m(l_km + log c_m) - l_kk)`` for ``l = a @ b.T``, as one node.
+
+    Autograd of that expression makes about a dozen passes over the ``[rows, rows]`` logits
+    (two of them exponentials) and keeps several copies; here the forward pass turns the
+    logits into the softmax in place (one exponential) and the backward pass scales it into
+    the logits' gradient in place, before the two products that every formulation needs."""
+
+    @staticmethod
+    def forward(ctx, a, b, log_counts, weights):
+        logits = a @ b.T
+        diag = logits.diagonal().clone()
+        logits.add_(log_counts)
+        top = logits.amax(dim=1, keepdim=True)
+        total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
+        ctx.save_for_backward(a, b, logits, total, weights)
+        return ((total.log() + top).squeeze(1) - diag).mul(weights).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, unnormalised, total, weights = ctx.saved_tensors
+        scale = weights * grad
+        # d/dl_km = w_k (softmax_km - [k == m]); the saved exponentials are not needed again
+        g = unnormalised.mul_((scale / total.squeeze(1)).unsqueeze(1))
+        g.diagonal().sub_(scale)
+        return g @ b, g.T @ a, None, None
+
+
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of ``-log softmax_j(cos(a_i, b_j) / t)[i]``: row i of ``b`` is row i's
     positive, every other row of the batch a negative. With ``counts``, row k stands for
@@ -74,12 +103,34 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, counts: torch
     added to its logit as a negative): the same value as on the rows repeated, on a smaller
     ``[rows, rows]`` logit matrix, which is where most of a step's time goes."""
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    logits = (a / temperature) @ b.T  # scaling the [B, D] rows, not the [B, B] logits
-    if counts is None:
-        return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
-    c = counts.to(logits.dtype)
-    lse = torch.logsumexp(logits + c.log(), dim=1)
-    return ((lse - logits.diagonal()) * c).sum() / c.sum()
+    c = torch.ones(len(a), dtype=a.dtype, device=a.device) if counts is None else counts.to(a.dtype)
+    # scaling the [B, D] rows, not the [B, B] logits
+    return _CountedInfoNCE.apply(a / temperature, b, c.log(), c / c.sum())
+
+
+class _RowsProduct(torch.autograd.Function):
+    """``a[rows] @ x`` for a CSR ``a``, differentiable in ``x``: only those rows' entries are read
+    forward and backward (a training batch holds a few hundred of the users)."""
+
+    @staticmethod
+    def forward(ctx, x, a, rows):
+        crow = a.crow_indices()
+        start = crow.index_select(0, rows).long()
+        count = crow.index_select(0, rows + 1).long() - start
+        sub_crow = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        entries = torch.arange(int(sub_crow[-1]), device=x.device) + torch.repeat_interleave(start - sub_crow[:-1], count)
+        cols, vals = a.col_indices().index_select(0, entries), a.values().index_select(0, entries)
+        sub = torch.sparse_csr_tensor(sub_crow.to(cols.dtype), cols, vals, (len(rows), a.shape[1]))
+        ctx.save_for_backward(cols, vals, torch.repeat_interleave(torch.arange(len(rows), device=x.device), count))
+        ctx.n = len(x)
+        return torch.sparse.mm(sub, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cols, vals, sub_rows = ctx.saved_tensors
+        dx = grad.new_zeros(ctx.n, grad.shape[1]).index_add_(0, cols, grad.index_select(0, sub_rows) * vals.unsqueeze(1))
+        return dx, None, None
 
 
 def gate(dim: int) -> nn.Sequential:
@@ -119,16 +170,22 @@ class MGCN(Recommender):
         the rows asked for go through it (MMRec fuses every user and item on every step)."""
         items0 = self.item_tower()
         users, items = propagate(self.user.weight, items0, self.r, self.rt, self.n_ui_layers)
-        parts = [torch.cat([users, items])]
+        n_user_rows = int((rows < self.n_users).sum())
+        user_rows, item_rows = rows[:n_user_rows], rows[n_user_rows:] - self.n_users
+        content = torch.cat([users.index_select(0, user_rows), items.index_select(0, item_rows)])
+        modal = []
         for name in self.names:
-            h = items0 * self.purifiers[name](self.projections[name](self.feature_tables[name]))
+            proj, pur = self.projections[name], self.purifiers[name][0]
+            # purifier(projection(f)) is one affine map of f: composing the two [D, *] weights first
+            # skips a [items, D] x [D, D] product forward and two backward
+            gate_in = F.linear(self.feature_tables[name], pur.weight @ proj.weight, pur.weight @ proj.bias + pur.bias)
+            h = items0 * torch.sigmoid(gate_in)
             graph, graph_t = getattr(self, f"graph_{name}"), getattr(self, f"graph_t_{name}")
             for _ in range(self.n_layers):
                 h = spmm(graph, graph_t, h)
-            parts.append(torch.cat([spmm(self.r, self.rt, h), h]))
-        # one gather for every view: each gather's backward writes a zero-filled full-size table
-        picked = torch.stack(parts, dim=1).index_select(0, rows)  # [B, 1 + M, D]
-        content, modal = picked[:, 0], picked[:, 1:]
+            # a user's modality view is its row of R times h: only the asked-for users' rows
+            modal.append(torch.cat([_RowsProduct.apply(h, self.r, user_rows), h.index_select(0, item_rows)]))
+        modal = torch.stack(modal, dim=1)  # [B, M, D]
         weights = torch.softmax(self.query(modal), dim=1)  # attention over the modalities
         common = (weights * modal).sum(dim=1)
         side = common
