@@ -108,31 +108,6 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, counts: torch
     return _CountedInfoNCE.apply(a / temperature, b, c.log(), c / c.sum())
 
 
-class _RowsProduct(torch.autograd.Function):
-    """``a[rows] @ x`` for a CSR ``a``, differentiable in ``x``: only those rows' entries are read
-    forward and backward (a training batch holds a few hundred of the users)."""
-
-    @staticmethod
-    def forward(ctx, x, a, rows):
-        crow = a.crow_indices()
-        start = crow.index_select(0, rows).long()
-        count = crow.index_select(0, rows + 1).long() - start
-        sub_crow = torch.cat([count.new_zeros(1), count.cumsum(0)])
-        entries = torch.arange(int(sub_crow[-1]), device=x.device) + torch.repeat_interleave(start - sub_crow[:-1], count)
-        cols, vals = a.col_indices().index_select(0, entries), a.values().index_select(0, entries)
-        sub = torch.sparse_csr_tensor(sub_crow.to(cols.dtype), cols, vals, (len(rows), a.shape[1]))
-        ctx.save_for_backward(cols, vals, torch.repeat_interleave(torch.arange(len(rows), device=x.device), count))
-        ctx.n = len(x)
-        return torch.sparse.mm(sub, x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        cols, vals, sub_rows = ctx.saved_tensors
-        dx = grad.new_zeros(ctx.n, grad.shape[1]).index_add_(0, cols, grad.index_select(0, sub_rows) * vals.unsqueeze(1))
-        return dx, None, None
-
-
 def gate(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
 
@@ -183,8 +158,9 @@ class MGCN(Recommender):
             graph, graph_t = getattr(self, f"graph_{name}"), getattr(self, f"graph_t_{name}")
             for _ in range(self.n_layers):
                 h = spmm(graph, graph_t, h)
-            # a user's modality view is its row of R times h: only the asked-for users' rows
-            modal.append(torch.cat([_RowsProduct.apply(h, self.r, user_rows), h.index_select(0, item_rows)]))
+            # a batch's users hold most of the interactions (users are drawn by interaction), so
+            # multiplying by their rows of R alone would save little: the whole product, then a gather
+            modal.append(torch.cat([spmm(self.r, self.rt, h).index_select(0, user_rows), h.index_select(0, item_rows)]))
         modal = torch.stack(modal, dim=1)  # [B, M, D]
         weights = torch.softmax(self.query(modal), dim=1)  # attention over the modalities
         common = (weights * modal).sum(dim=1)
