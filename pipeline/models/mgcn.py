@@ -152,8 +152,8 @@ class MGCN(Recommender):
         self.query = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
 
     def views(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The user-item view and the fused modality view of ``rows`` (users first, then items
-        offset by ``n_users``): ``[len(rows), D]`` each. The fuser works row by row, so only
+        """The user-item view and the fused modality view of ``rows`` (every user before every
+        item, items offset by ``n_users``): ``[len(rows), D]`` each. The fuser works row by row, so only
         the rows asked for go through it (MMRec fuses every user and item on every step)."""
         items0 = self.item_tower()
         users, items = propagate(self.user.weight, items0, self.r, self.rt, self.n_ui_layers)
@@ -197,7 +197,8 @@ class MGCN(Recommender):
             loss = loss + self.cl_weight * cl
         return loss
 
-    def contrast(self, ids: torch.Tensor, rows: torch.Tensor, content: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    def contrast(self, ids: torch.Tensor, rows: torch.Tensor, content: torch.Tensor,
+                 side: torch.Tensor) -> torch.Tensor:
         """InfoNCE between the fused modality view and the user-item view of the batch's ``ids``
         (every occurrence counted), from the views of the sorted distinct ``rows``."""
         distinct, counts = torch.unique(ids, return_counts=True)
