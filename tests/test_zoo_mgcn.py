@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.models.mgcn import MGCN, similarity_knn_graph
+from pipeline.models.mgcn import MGCN, info_nce, similarity_knn_graph
 from pipeline.models.towers import IdTower
 
 from test_models import demo, run  # noqa: F401
@@ -126,6 +126,26 @@ def test_mgcn_loss_gradients_and_scores_match_dense_reference(n_modalities, trai
     with torch.no_grad():
         scores = model.score(torch.arange(N_USERS))
     assert torch.allclose(scores.double(), allv[:N_USERS] @ allv[N_USERS:].T, atol=1e-5)
+
+
+def test_counted_info_nce_equals_the_repeated_rows():
+    """A batch's repeated users / items enter the InfoNCE once with their counts: value and
+    gradients must be those of the naive formula over the rows as they repeat in the batch."""
+    g = torch.Generator().manual_seed(3)
+    a0, b0 = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    picks = torch.tensor([0, 3, 3, 1, 6, 3, 0, 2, 5, 4, 6, 6])
+    distinct, counts = picks.unique(return_counts=True)
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    counted = info_nce(a[distinct], b[distinct], 0.2, counts)
+    counted.backward()
+    ra, rb = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    va, vb = F.normalize(ra[picks], dim=1), F.normalize(rb[picks], dim=1)
+    naive = torch.mean(-torch.log(torch.exp((va * vb).sum(-1) / 0.2) / torch.exp(va @ vb.T / 0.2).sum(1)))
+    naive.backward()
+    assert counted.item() == pytest.approx(naive.item(), rel=1e-12)
+    assert torch.allclose(a.grad, ra.grad, atol=1e-12) and torch.allclose(b.grad, rb.grad, atol=1e-12)
+    plain = info_nce(a0[picks], b0[picks], 0.2)  # no counts: every row its own
+    assert plain.item() == pytest.approx(naive.item(), rel=1e-12)
 
 
 def test_mgcn_learns_on_demo(demo):  # noqa: F811
