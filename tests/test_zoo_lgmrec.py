@@ -170,3 +170,30 @@ def test_bad_features_and_settings(demo):  # noqa: F811
         run(demo, "model.name=lgmrec", "model.lgmrec.feat_embed_dim=32", epochs=1)
     with pytest.raises(ConfigError, match=r"model\.lgmrec\.feature_sets: \['nope'\]"):
         run(demo, "model.name=lgmrec", "model.lgmrec.feature_sets=[nope]", epochs=1)
+
+
+def test_score_noise_scores_with_fixed_gumbel_draws_and_no_dropout():
+    # model.lgmrec.score_noise: MMRec's Gumbel noise at scoring, drawn from a generator seeded by
+    # the run's seed alone, so every call (and every batch of users) ranks alike
+    torch.manual_seed(0)
+    users, items = random_graph()
+    feats = {f"f{k}": torch.randn(N_ITEMS, w) for k, w in enumerate([6, 4])}
+    model = LGMRec(N_USERS, IdTower(N_ITEMS, DIM, "xavier_uniform"), users, items, feats, hyper_num=3,
+                   keep_rate=0.5, seed=7, score_noise=True).eval()
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 3)
+    noise = {f"gumbel_{side}": -torch.empty(n, *shape).exponential_(generator=g).log()
+             for side, n in (("items", N_ITEMS), ("users", N_USERS))}
+    params = (model.user.weight.detach().double(), model.item_tower.embedding.weight.detach().double(),
+              [p.detach().double() for p in model.projections], [p.detach().double() for p in model.hyper])
+    _, fu, fi = dense_reference(model, params, [f.double() for f in feats.values()], users, items, noise, None)
+    with torch.no_grad():
+        scores = model.score(torch.arange(N_USERS))
+        assert torch.equal(scores, model.score(torch.arange(N_USERS)))
+        model.pre_epoch(3)  # training's generator does not reach scoring
+        model.loss({"users": torch.tensor([0, 1]), "pos": torch.tensor([0, 1]), "neg": torch.tensor([2, 3])})
+        assert torch.equal(scores, model.score(torch.arange(N_USERS)))
+        model.score_noise = False
+        plain = model.score(torch.arange(N_USERS))
+    assert torch.allclose(scores.double(), fu @ fi.T, atol=1e-5)
+    assert not torch.allclose(scores, plain, atol=1e-3)
