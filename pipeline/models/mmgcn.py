@@ -1,31 +1,39 @@
 """MMGCN (Wei et al., MM 2019): one graph convolution network per modality over the user-item
 graph; a user's and an item's final vectors are the mean over modalities of that network's output.
 
-Per modality ``m``, users start from a learned preference vector and items from their feature
-row (through an MLP to ``latent_dim`` first), both L2-normalised. Each layer ``l`` computes
+Per modality ``m``, users start from a preference vector and items from their feature row (the
+first feature set through an MLP to ``latent_dim`` first, as MMRec's vision slot), both
+L2-normalised. Each layer ``l`` computes
 
     h   = leaky_relu(mean over neighbours of x W_l)                  # aggregation (eq. 1)
     x^  = leaky_relu(L_l x) + id                                     # with the shared id vector (eq. 5)
     x   = leaky_relu(G_l [h ; x^])    (concat)  or  leaky_relu(G_l h + x^)
 
 where ``id`` is the user's id embedding or the item tower's vector, shared by every modality.
-Training is BPR plus ``reg_weight`` times the mean squared id vectors of the batch's rows and
-the mean squared preference tables.
+Training is BPR plus ``reg_weight`` times the mean squared id vectors of the batch's rows and the
+mean squared preference tables, of those that train.
 
-Where this differs from MMRec's ``mmgcn.py``, on purpose:
+As in MMRec's ``mmgcn.py`` and in the authors' code (weiyinwei/MMGCN, ``Model_MMGCN.py``): the id
+table and the users' preferences are plain tensors there, not parameters, so the optimizer never
+updates them; they are random inputs the network learns around. Here they stay at their draw too
+(``train_ids``, ``train_preferences`` train them, as the paper's text reads), drawn at MMRec's
+scale (one xavier-normal table over users and items). Since they are constants, the first
+layer's user-side aggregations (and the items' of a set without MLP) are computed once, not per
+batch, and their regulariser terms, constants in MMRec, are left out of the loss. Also as MMRec:
+``concate = 'False'`` is a non-empty string, hence true, so the combination concatenates
+(``concat``); its yaml's ``n_layers: 2`` is never read and it always has 3 layers (the default).
 
-- MMRec creates the id embeddings and user preferences as plain tensors (``xavier_normal_(...)
-  .to(device)``), not ``nn.Parameter``: the optimizer never sees them, so they stay at their random
-  initialisation. Here they are parameters and train, as in the paper.
-- MMRec's ``concate = 'False'`` is a non-empty string, hence true: its combination layer
-  concatenates. ``concat`` defaults to that behaviour (the paper's eq. 6); False gives the sum.
-- MMRec projects only the image features (``dim_latent=256``) and regularises only the image
-  preferences. Here every modality is treated alike: each goes through its own MLP (``latent_dim``,
-  0 for none) and every preference table is regularised.
-- MMRec's yaml sets ``n_layers: 2`` but its network ignores it and always has 3 layers; the default
-  here is the 3 that produced MMRec's numbers, and ``n_layers`` is honoured.
+Where this differs from MMRec, on purpose:
+
+- MMRec ranks with the vectors of the last training batch's forward pass, one optimizer step old;
+  here ranking runs a forward pass with the current weights.
+- ``mlp_modalities`` names the sets that get the MLP, when the first is not the one that should.
 - MMRec's loss takes ``log(sigmoid(.))`` unguarded (-inf once a margin saturates); ``bpr_loss``
   adds the 1e-10 guard used everywhere else.
+
+Speed, same numbers: the MLP of a narrow feature set is reassociated (``_projected``), the last
+layer's self and combination parts run on the batch's rows only, and ranking scores every chunk
+of users from one forward pass.
 """
 
 from __future__ import annotations
