@@ -36,8 +36,10 @@ N@20 0.0304 +- 0.0084 over seeds 1, 2, 3, 999 (best valid R@20 0.0752 / 0.0627 /
 MMRec 0.0846 / 0.0282 at its seed 999, and 0.0741, 0.0684, 0.0573 at seeds 1, 2, 3 (its mean
 0.0711 +- 0.0114). Given the same weights this forward pass equals MMRec's ``GCN`` to 1.5e-8 on
 TikTok, and seed 999's summed epoch losses track MMRec's (17.72 / 11.17 vs 17.84 / 11.26): the
-gap to seed 999 is seed spread. Trained ids (``train_ids``) scored lower on validation (mean best
-valid R@20 0.0657 against the default's 0.0690; test 0.0610 +- 0.0029).
+gap to seed 999 is seed spread. Same runs with the tables trained, mean best valid R@20 (test R@20):
+default 0.0690 (0.0649 +- 0.0065); ``train_ids`` 0.0657 (0.0610 +- 0.0029); ``train_ids`` and
+``train_preferences`` 0.0738 (0.0677 +- 0.0053); ``train_preferences`` alone 0.0840 (0.0794 +-
+0.0140, N@20 0.0294): better on validation, kept off by default to stay the authors' model.
 
 Speed, same numbers: the MLP of a narrow feature set is reassociated (``_projected``), the last
 layer's self and combination parts run on the batch's rows only, and ranking scores every chunk
