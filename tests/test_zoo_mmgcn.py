@@ -148,8 +148,9 @@ def test_mmgcn_learns_on_demo(demo):  # noqa: F811
     # aggregation part is zero for it, a signature no warm item has; in training such items only
     # ever appear as negatives, and the combination layers learn to rank that signature last
     # (measured: cold R@20 0.0, as BPR's). With trained ids, warm R@20 measured 0.39 at 40 epochs,
-    # popularity 0.325; MMRec's frozen ids and preferences (the default) stop early at 0.346 here,
-    # where the demo's one feature set leaves the random user inputs little else to learn around.
+    # popularity 0.325; with frozen ids (the default, as MMRec) it stops early at 0.346 here, trained
+    # preferences or not, where the demo's one feature set leaves the random id inputs little else
+    # to learn around.
     check_learns(demo, "mmgcn", "model.mmgcn.train_ids=true", epochs=40, cold=False)
 
 
