@@ -29,6 +29,9 @@ def test_slmrec_loss_gradients_and_scores_match_dense_reference(n_feats):
     model = SLMRec(N_USERS, IdTower(N_ITEMS, DIM, "xavier_uniform"), users, items, feats, n_layers=2, temp=0.2,
                    ssl_temp=0.5, ssl_alpha=0.3)
     b = batch(8)
+    # repeated positives, as real batches have: FAC weighs a repeated item's one row by its count
+    b["pos"][[3, 5]] = int(b["pos"][0])
+    assert len(torch.unique(b["pos"])) < len(b["pos"])
     loss = model.loss(b)
     loss.backward()
 

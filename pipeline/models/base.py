@@ -188,7 +188,9 @@ def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: to
     popularity bias of in-batch sampling (Yi et al. 2019). Repeated items in the batch are not
     counted as negatives of each other. ``item_vecs`` may hold more rows than ``user_vecs`` (the
     positives of every process): user row r's positive is item row ``offset + r``."""
-    logits = user_vecs @ item_vecs.T / temperature
+    logits = user_vecs @ item_vecs.T
+    if temperature != 1.0:  # callers that scale their queries pass 1: no pass over the [B, B] logits
+        logits = logits / temperature
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
     target = torch.arange(len(user_vecs), device=logits.device) + offset
@@ -197,6 +199,51 @@ def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: to
         same[torch.arange(len(target), device=logits.device), target] = False
         logits = logits.masked_fill(same, -torch.inf)
     return F.cross_entropy(logits, target)
+
+
+class CountedSoftmax(torch.autograd.Function):
+    """``sum_k w_k (logsumexp_m(l_km + log c_m) - l_kk)`` for ``l = a @ b.T``, as one node.
+
+    Autograd of that expression makes about a dozen passes over the ``[rows, rows]`` logits
+    (two of them exponentials) and keeps several copies; here the forward pass turns the
+    logits into exponentials in place (one exponential pass) and the backward pass scales those
+    into the logits' gradient, before the two products that every formulation needs.
+    Half-precision inputs are computed in float32 (as autocast would); gradients come back in
+    the inputs' dtypes."""
+
+    @staticmethod
+    def forward(ctx, a, b, log_counts, weights):
+        ctx.dtypes = (a.dtype, b.dtype)
+        work = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        a, b, log_counts, weights = a.to(work), b.to(work), log_counts.to(work), weights.to(work)
+        with torch.autocast(a.device.type, enabled=False):
+            logits = a @ b.T
+            diag = logits.diagonal().clone()
+            logits.add_(log_counts)
+            top = logits.amax(dim=1, keepdim=True)
+            total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
+            ctx.save_for_backward(a, b, logits, total, weights)
+            return ((total.log() + top).squeeze(1) - diag).mul(weights).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, exps, total, weights = ctx.saved_tensors
+        scale = weights * grad.to(weights.dtype)
+        with torch.autocast(a.device.type, enabled=False):
+            # d/dl_km = w_k (softmax_km - [k == m])
+            g = exps * (scale / total.squeeze(1)).unsqueeze(1)
+            g.diagonal().sub_(scale)
+            return (g @ b).to(ctx.dtypes[0]), (g.T @ a).to(ctx.dtypes[1]), None, None
+
+
+def counted_in_batch_softmax(queries: torch.Tensor, keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """In-batch softmax over distinct rows that stand for repeated ones: row k of ``queries`` /
+    ``keys`` occurs ``counts[k]`` times in the batch. Equals the mean cross-entropy of
+    ``queries @ keys.T`` (row r against column r) over the rows repeated, each copy a negative of
+    every row, on a ``[distinct, distinct]`` logit matrix instead of ``[batch, batch]``."""
+    c = counts.to(torch.promote_types(queries.dtype, torch.float32))
+    return CountedSoftmax.apply(queries, keys, c.log(), c / c.sum())
 
 
 def sampled_softmax(user_vecs: torch.Tensor, pos_vecs: torch.Tensor, neg_vecs: torch.Tensor,

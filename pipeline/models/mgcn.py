@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Recommender, compact_csr, normalized_bipartite, sparse_transpose, spmm
+from .base import Recommender, compact_csr, counted_in_batch_softmax, normalized_bipartite, sparse_transpose, spmm
 from .derived import cached_tensors
 from .graphs import knn_indices
 from .lightgcn import WHOLE_GRAPH, propagate
@@ -72,42 +72,6 @@ def cached_similarity_graph(cache_dir: Path, fingerprint: str, features: torch.T
     return cached_tensors(cache_dir, "knn-sim", ident, lambda: {"graph": similarity_knn_graph(features, k)})["graph"]
 
 
-class _CountedInfoNCE(torch.autograd.Function):
-    """``sum_k w_k (logsumexp_m(l_km + log c_m) - l_kk)`` for ``l = a @ b.T``, as one node.
-
-    Autograd of that expression makes about a dozen passes over the ``[rows, rows]`` logits
-    (two of them exponentials) and keeps several copies; here the forward pass turns the
-    logits into exponentials in place (one exponential pass) and the backward pass scales those
-    into the logits' gradient, before the two products that every formulation needs.
-    Half-precision inputs are computed in float32 (as autocast would); gradients come back in
-    the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, a, b, log_counts, weights):
-        ctx.dtypes = (a.dtype, b.dtype)
-        work = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        a, b, log_counts, weights = a.to(work), b.to(work), log_counts.to(work), weights.to(work)
-        with torch.autocast(a.device.type, enabled=False):
-            logits = a @ b.T
-            diag = logits.diagonal().clone()
-            logits.add_(log_counts)
-            top = logits.amax(dim=1, keepdim=True)
-            total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
-            ctx.save_for_backward(a, b, logits, total, weights)
-            return ((total.log() + top).squeeze(1) - diag).mul(weights).sum()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        a, b, exps, total, weights = ctx.saved_tensors
-        scale = weights * grad.to(weights.dtype)
-        with torch.autocast(a.device.type, enabled=False):
-            # d/dl_km = w_k (softmax_km - [k == m])
-            g = exps * (scale / total.squeeze(1)).unsqueeze(1)
-            g.diagonal().sub_(scale)
-            return (g @ b).to(ctx.dtypes[0]), (g.T @ a).to(ctx.dtypes[1]), None, None
-
-
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of ``-log softmax_j(cos(a_i, b_j) / t)[i]``: row i of ``b`` is row i's
     positive, every other row of the batch a negative. With ``counts``, row k stands for
@@ -117,7 +81,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, counts: torch
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     c = torch.ones(len(a), dtype=a.dtype, device=a.device) if counts is None else counts.to(a.dtype)
     # scaling the [B, D] rows, not the [B, B] logits
-    return _CountedInfoNCE.apply(a / temperature, b, c.log(), c / c.sum())
+    return counted_in_batch_softmax(a / temperature, b, c)
 
 
 def gate(dim: int) -> nn.Sequential:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from .base import Recommender, in_batch_softmax, normalized_bipartite
+from .base import Recommender, counted_in_batch_softmax, in_batch_softmax, normalized_bipartite
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
@@ -95,13 +95,16 @@ class SLMRec(Recommender):
         users0 = self.user.weight.repeat(1, len(self.names) + 1)
         return propagate(users0, items0, self.r, self.rt, self.n_layers)
 
-    def fac(self, items_cat: torch.Tensor) -> torch.Tensor:
-        """FAC on the batch's rows of the propagated item table."""
+    def fac(self, items_cat: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """FAC over the batch's items: ``items_cat`` holds the propagated rows of its distinct
+        items, ``counts`` how often each occurs. Both sides of every FAC softmax are functions of
+        the item alone, so a repeated item is one row weighted by its count (the same loss as on
+        the repeated rows; a TikTok batch of 2,048 holds about 1,300 distinct items)."""
         parts = items_cat.split(self.dim, dim=1)
         z, loss = parts[0], 0.0
         for k, name in enumerate(self.names):
             z = self.chain[k](z)
-            loss = loss + batch_softmax(z, self.keys[name](parts[k + 1]), self.ssl_temp)
+            loss = loss + counted_in_batch_softmax(z / self.ssl_temp, self.keys[name](parts[k + 1]), counts)
         return loss
 
     def loss(self, batch):
@@ -110,7 +113,9 @@ class SLMRec(Recommender):
         i_cat = items_cat.index_select(0, batch["pos"])
         u = F.normalize(self.user_out(u_cat), dim=1)
         i = F.normalize(self.item_out(i_cat), dim=1)
-        return batch_softmax(u, i, self.temp) + self.ssl_alpha * self.fac(i_cat)
+        distinct, counts = torch.unique(batch["pos"], return_counts=True)
+        fac = self.fac(items_cat.index_select(0, distinct), counts)
+        return batch_softmax(u, i, self.temp) + self.ssl_alpha * fac
 
     def score(self, users_idx):
         users_cat, items_cat = self.propagated()
