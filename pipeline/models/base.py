@@ -201,6 +201,37 @@ def in_batch_softmax(user_vecs: torch.Tensor, item_vecs: torch.Tensor, log_q: to
     return F.cross_entropy(logits, target)
 
 
+class RankingCache:
+    """A model's full ranking vectors, built once per evaluation: ranking scores users in chunks
+    with the same weights, and a model whose vectors take a whole-graph pass (or a kNN search)
+    should not redo it per chunk. Kept until ``clear()`` (a training step), the mode changes,
+    weights are loaded, or a parameter changes in place (the version counter; fused optimizers
+    do not bump it, hence the other three)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.entry = model, None
+        model.register_load_state_dict_post_hook(clear_ranking_caches)
+
+    def clear(self) -> None:
+        self.entry = None
+
+    def get(self, build) -> tuple[torch.Tensor, torch.Tensor]:
+        """``build()``'s (users, items), from the cache while the weights and mode are unchanged."""
+        key = (self.model.training, tuple((id(p), p._version) for p in self.model.parameters()))
+        if self.entry is None or self.entry[0] != key:
+            with torch.no_grad():
+                self.entry = (key, build())
+        return self.entry[1]
+
+
+def clear_ranking_caches(module: nn.Module, incompatible_keys=None) -> None:
+    """Every ``RankingCache`` the module holds, cleared (a load-state-dict hook: a copied module
+    clears its own caches, not the original's)."""
+    for value in vars(module).values():
+        if isinstance(value, RankingCache):
+            value.clear()
+
+
 class CountedSoftmax(torch.autograd.Function):
     """``sum_k w_k (logsumexp_m(l_km + log c_m) - l_kk)`` for ``l = a @ b.T``, as one node.
 

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Recommender, compact_csr, sparse_transpose, spmm
+from .base import RankingCache, Recommender, compact_csr, sparse_transpose, spmm
 from .derived import cached_tensors
 from .graphs import knn_indices
 from .lightgcn import WHOLE_GRAPH
@@ -110,8 +110,7 @@ class LATTICE(Recommender):
             self.register_buffer(f"raw_val_{name}", coo.values(), persistent=False)
         self.rebuild = True
         self.fixed_graph: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, detached
-        self.scored: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "scored", None))
+        self.ranking = RankingCache(self)  # the learned graph (a kNN search per modality) once per evaluation
 
     def pre_epoch(self, epoch: int) -> None:
         self.rebuild = True
@@ -168,7 +167,7 @@ class LATTICE(Recommender):
         return users, items + F.normalize(h, dim=1)
 
     def loss(self, batch):
-        self.scored = None
+        self.ranking.clear()
         users, items = self.embeddings(train=True)
         n = len(batch["pos"])
         u = users.index_select(0, batch["users"])
@@ -179,20 +178,8 @@ class LATTICE(Recommender):
             loss = loss + self.reg_weight * 0.5 * (u.pow(2).sum() + its.pow(2).sum()) / n
         return loss
 
-    def train(self, mode: bool = True):
-        self.scored = None  # the trainer switches modes around every evaluation and epoch
-        return super().train(mode)
-
     def score(self, users_idx):
-        # ranking scores users in chunks with the same weights: the learned graph (a kNN search
-        # per modality) is built once per evaluation, not once per chunk. Kept until the mode
-        # changes, weights are loaded, or a parameter changes in place (the version counter:
-        # fused optimizers do not bump it, hence the other two)
-        version = tuple((id(p), p._version) for p in self.parameters())
-        if self.scored is None or self.scored[0] != version:
-            with torch.no_grad():
-                self.scored = (version, self.embeddings(train=False))
-        users, items = self.scored[1]
+        users, items = self.ranking.get(lambda: self.embeddings(train=False))
         return users[users_idx] @ items.T
 
 

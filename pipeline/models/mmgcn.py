@@ -60,7 +60,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Recommender, batch_bpr, compact_csr, id_square_reg, spmm
+from .base import RankingCache, Recommender, batch_bpr, compact_csr, id_square_reg, spmm
 from .lightgcn import WHOLE_GRAPH
 from .registry import BuildContext, ModelSpec, register_model
 from .towers import IdTower, ItemTower
@@ -243,7 +243,7 @@ class MMGCN(Recommender):
         self.gcns = nn.ModuleDict({n: ModalityGCN(n_users, f.shape[1], dim, n_layers,
                                                   latent_dim if n in with_mlp else 0, concat, train_preferences)
                                    for n, f in features.items()})
-        self.scored = None
+        self.ranking = RankingCache(self)  # one forward per evaluation
 
     def _graph(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in ("to_users", "to_users_t", "to_items", "to_items_t")}
@@ -262,7 +262,7 @@ class MMGCN(Recommender):
         return out_u / len(self.names), out_i / len(self.names)
 
     def loss(self, batch):
-        self.scored = None
+        self.ranking.clear()
         n = len(batch["pos"])
         users, at_u = torch.unique(batch["users"], return_inverse=True)
         items, at_i = torch.unique(torch.cat([batch["pos"], batch["neg"]]), return_inverse=True)
@@ -277,18 +277,8 @@ class MMGCN(Recommender):
             loss = loss + self.reg_weight * reg
         return loss
 
-    def train(self, mode: bool = True):
-        self.scored = None  # the trainer switches modes around every evaluation and epoch
-        return super().train(mode)
-
     def score(self, users_idx):
-        # ranking scores users in chunks with the same weights: one forward per evaluation. Kept
-        # until the mode changes, a batch trains, or a parameter changes in place (a load)
-        version = tuple((id(p), p._version) for p in self.parameters())
-        if self.scored is None or self.scored[0] != version:
-            with torch.no_grad():
-                self.scored = (version, self.embeddings())
-        users, items = self.scored[1]
+        users, items = self.ranking.get(self.embeddings)
         return users[users_idx] @ items.T
 
 
