@@ -103,7 +103,7 @@ def _rows(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
 class ModalityGCN(nn.Module):
     """One modality's network: user preferences, the optional feature MLP and ``n_layers`` layers.
 
-    With frozen preferences (the default, as in MMRec) the first layer's inputs on the user side
+    With frozen preferences (MMRec's; ``model.mmgcn.train_preferences=false``) the first layer's inputs on the user side
     are constants, and so are the items' without an MLP: their aggregations are computed once
     per state of the tensors they come from, not once per batch."""
 
