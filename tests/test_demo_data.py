@@ -263,3 +263,28 @@ def test_bad_arguments(tmp_path, name, value):
     with pytest.raises(ValueError, match=name):
         generate_demo(out, **{name: value})
     assert not out.exists()
+
+
+def test_demo_truth_is_what_the_demo_was_drawn_from(small):
+    """``demo_truth`` (the benchmark's oracle) describes the generated files, item by item and pair
+    by pair: popularity as written, every pair inside the time its item was on offer to its user,
+    and users' picks ranked high by the log-weight they were drawn with."""
+    root = Path(small[0])
+    item_ids, user_ids, taste = demo.demo_truth(**SMALL)
+    attrs = pd.read_csv(root / "attributes.csv")
+    assert attrs["item_id"].tolist() == item_ids
+    np.testing.assert_allclose(np.exp(taste.log_popularity), attrs["popularity"], rtol=1e-5)
+    log = pd.read_csv(root / "interactions.csv")
+    u = log["user_id"].map({x: j for j, x in enumerate(user_ids)}).to_numpy()
+    i = log["item_id"].map({x: j for j, x in enumerate(item_ids)}).to_numpy()
+    t = log["timestamp"].to_numpy()
+    assert np.isfinite(taste.log_exposure[u, i]).all()
+    assert (t >= taste.offered[u, i]).all() and (t < taste.offered[u, i] + taste.span[u, i]).all()
+    # percentile of each pick among its user's items by log-weight: drawn in proportion to
+    # exp(log-weight), picks sit far above the 0.5 a ranking unrelated to the draw would give
+    w = taste.log_weight
+    pct = (w[u] < w[u, i][:, None]).mean(1)
+    assert pct.mean() > 0.75
+    # a shuffled user order breaks it: the check can tell the truth from a misaligned one
+    shuffled = w[np.roll(np.arange(len(user_ids)), 1)]
+    assert (shuffled[u] < shuffled[u, i][:, None]).mean(1).mean() < pct.mean() - 0.1

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,24 @@ def _sample_items(rng, n):
     return attrs, pop, day
 
 
-def _sample_interactions(rng, attrs, pop, release_s, n_users, mean_interactions):
+@dataclass(frozen=True)
+class Taste:
+    """The generator's hidden reasons for every (user, item) pair, ``[n_users, n_items]`` each:
+    a user draws items with log-weight ``affinity + ALPHA * log_popularity + log_exposure``."""
+
+    affinity: np.ndarray      # s_u * sum_k (beta_k [favourite] + noise): what content can reveal
+    log_popularity: np.ndarray  # [n_items] log of the lognormal popularity
+    log_exposure: np.ndarray  # log share of the user's active period after the item's release (-inf: never)
+    offered: np.ndarray       # [n_users, n_items] Unix time the item was first on offer to the user
+    span: np.ndarray          # [n_users, n_items] seconds it stayed on offer
+
+    @property
+    def log_weight(self) -> np.ndarray:
+        return self.affinity + ALPHA * self.log_popularity[None, :] + self.log_exposure
+
+
+def draw_taste(rng, attrs, pop, release_s, n_users) -> Taste:
+    """Users' activity periods and tastes, drawn from ``rng`` in the generator's order."""
     n_items = len(pop)
     window = _WINDOW_DAYS * 86400
     start = (rng.random(n_users) * 0.6 * window).astype(np.int64)
@@ -152,7 +170,12 @@ def _sample_interactions(rng, attrs, pop, release_s, n_users, mean_interactions)
     span = end[:, None] - lo
     with np.errstate(divide="ignore"):
         exposure = np.log(np.clip(span, 0, None) / (end - start)[:, None])
-    logw = affinity + ALPHA * np.log(pop)[None, :] + exposure
+    return Taste(affinity, np.log(pop), exposure, _WINDOW_START + lo, span)
+
+
+def _sample_interactions(rng, attrs, pop, release_s, n_users, mean_interactions):
+    taste = draw_taste(rng, attrs, pop, release_s, n_users)
+    affinity, logw = taste.affinity, taste.log_weight
     # Gumbel top-k == sampling without replacement proportional to exp(logw).
     keys = logw + rng.gumbel(size=logw.shape)
     order = np.argsort(-keys, axis=1, kind="stable")
@@ -162,8 +185,8 @@ def _sample_interactions(rng, attrs, pop, release_s, n_users, mean_interactions)
 
     users = np.repeat(np.arange(n_users), n_per)
     items = order[users, np.concatenate([np.arange(k) for k in n_per])]
-    u_lo, u_span = lo[users, items], span[users, items]
-    ts = _WINDOW_START + u_lo + np.floor(rng.random(len(users)) * u_span).astype(np.int64)
+    u_lo, u_span = taste.offered[users, items], taste.span[users, items]
+    ts = u_lo + np.floor(rng.random(len(users)) * u_span).astype(np.int64)
     aff = affinity[users, items]
     z = (aff - aff.mean()) / (aff.std() + 1e-9)
     rating = np.clip(np.rint(3.6 + 0.9 * z + rng.normal(0, 0.7, len(users))), 1, 5).astype(int)
@@ -254,11 +277,29 @@ def _audio(rng, a, n, sr):
     return np.clip(np.rint(wav * 32767), -32768, 32767).astype("<i2").tobytes()
 
 
+def _streams(seed):
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+
+
+def _catalogue(rng, n_items):
+    attrs, pop, day = _sample_items(rng, n_items)
+    return attrs, pop, _WINDOW_START + day.astype(np.int64) * 86400
+
+
+def demo_truth(*, n_items=1000, n_users=800, seed=0) -> tuple[list[str], list[str], Taste]:
+    """What the demo with these parameters was drawn from: ``(item_ids, user_ids, taste)``, rows
+    and columns of ``taste`` in the order of the ids. For measuring how far a model is from the
+    ranking the generator itself implies; no model may read it."""
+    streams = _streams(_check_int("seed", seed, 0))
+    attrs, pop, release_s = _catalogue(streams[0], _check_int("n_items", n_items, 10))
+    taste = draw_taste(streams[1], attrs, pop, release_s, _check_int("n_users", n_users, 1))
+    return _ids("i", n_items), _ids("u", n_users), taste
+
+
 def _write(tmp, params, progress):
     n_items, n_users = params["n_items"], params["n_users"]
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(params["seed"]).spawn(5)]
-    attrs, pop, day = _sample_items(streams[0], n_items)
-    release_s = _WINDOW_START + day.astype(np.int64) * 86400
+    streams = _streams(params["seed"])
+    attrs, pop, release_s = _catalogue(streams[0], n_items)
     u, i, ts, rating = _sample_interactions(streams[1], attrs, pop, release_s, n_users,
                                             params["mean_interactions"])
     item_ids, user_ids = np.array(_ids("i", n_items)), np.array(_ids("u", n_users))
