@@ -39,6 +39,7 @@ ARMS = {
     "hybrid": ["model.name=hybrid"],
     "freedom": ["model.name=freedom"],
     "hybrid_knn": ["model.name=hybrid_knn"],
+    "joint": ["model.name=joint"],
 }
 SLICES = ("", "warm/", "cold/", "tail/")
 METRICS = ("recall@20", "ndcg@20")
