@@ -64,8 +64,8 @@ def shared_directions(x: torch.Tensor, y: torch.Tensor, k: int, ridge: float = 0
 
 def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, str, int]]) -> torch.Tensor:
     """The content ``z`` the taste term reads: the shared directions of each pair in ``pairs``
-    (``shared_directions``), or without pairs every feature set standardised; scaled so that a
-    row's squared norm is about 1 whatever the width."""
+    (``shared_directions``; a row's squared norm about 2, one per view, whatever the ``k``), or
+    without pairs every feature set standardised (a row's squared norm about 1 per set)."""
     if pairs:
         z = torch.cat([shared_directions(features[a], features[b], k) for a, b, k in pairs], dim=1)
         return z / np.sqrt(sum(k for _, _, k in pairs))
@@ -79,7 +79,7 @@ def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, st
 
 class JointRec(Recommender):
     def __init__(self, n_users: int, item_tower: ItemTower, train_users: np.ndarray, train_items: np.ndarray,
-                 content: torch.Tensor, taste_dim: int = 32, n_layers: int = 2, id_dropout: float = 0.95,
+                 content: torch.Tensor, taste_dim: int = 32, n_layers: int = 3, id_dropout: float = 0.9,
                  taste_reg: float = 0.03, id_reg: float = 0.003, cold_offset: float = 0.7):
         super().__init__()
         self.item_tower = item_tower  # the item ids
@@ -146,9 +146,9 @@ class JointSpec(ModelSpec):
     paper = "LightGCN (He et al., SIGIR 2020) + DropoutNet (Volkovs et al., NeurIPS 2017) + CCA content (modalrec)"
     caches = "nothing (the content's shared directions are recomputed per run)"
     no_live_encoders = WHOLE_GRAPH
-    n_layers: int = Field(2, ge=1)
+    n_layers: int = Field(3, ge=1)
     taste_dim: int = Field(32, ge=1)
-    id_dropout: float = Field(0.95, ge=0, le=1)  # share of items scored without their graph part per step
+    id_dropout: float = Field(0.9, ge=0, le=1)  # share of items scored without their graph part per step
     taste_reg: float = Field(0.03, ge=0)  # L2 on the batch users' tastes and the content projection
     id_reg: float = Field(0.003, ge=0)  # L2 on the batch users' and the trained items' id vectors
     cold_offset: float = Field(0.7)  # added to an unseen item's (mean) bias at ranking
