@@ -12,7 +12,7 @@ test, and the same slices on validation, which is what the defaults were chosen 
 
 Arms: `bpr` and `lightgcn` (ids), `content` (two-tower over every feature set, no ids), `hybrid`
 (LightGCN over ids + features), `freedom` and `hybrid_knn` (FREEDOM, unseen items ranked by their
-warm content neighbours). Trailing `key=value` overrides apply to every arm (a training budget,
+warm content neighbours), `joint` (ids, content taste and item bias in one softmax). Trailing `key=value` overrides apply to every arm (a training budget,
 say). `--cold-weights 1,1.5,2` re-scores each trained `hybrid_knn` run's best model at those
 values of `model.hybrid_knn.cold_weight` (a ranking-time setting: training is FREEDOM's either way,
 though early stopping saw the configured weight) and prints the slices on validation and test:
@@ -39,6 +39,7 @@ ARMS = {
     "hybrid": ["model.name=hybrid"],
     "freedom": ["model.name=freedom"],
     "hybrid_knn": ["model.name=hybrid_knn"],
+    "joint": ["model.name=joint"],
 }
 SLICES = ("", "warm/", "cold/", "tail/")
 METRICS = ("recall@20", "ndcg@20")

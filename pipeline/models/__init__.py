@@ -26,6 +26,7 @@ from . import bm3  # noqa: F401
 from . import slmrec  # noqa: F401
 from . import mmgcn  # noqa: F401
 from . import grcn  # noqa: F401
+from . import joint  # noqa: F401
 from .base import Recommender
 from .factory import LoadedFeature, build_model
 from .registry import MODELS, BuildContext, ModelSpec, register_model

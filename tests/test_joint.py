@@ -1,0 +1,121 @@
+"""`joint`: graph ids + content taste + item bias in one softmax. Unseen items score from content,
+the mean bias and the offset alone; id dropout at rate 1 is the content-only model; the content's
+shared directions are what two views have in common."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError
+from pipeline.models.joint import JointRec, JointSpec, content_vectors, shared_directions
+from pipeline.models.towers import IdTower
+
+N_USERS, N_ITEMS = 6, 8
+# items 6 and 7 have no training interaction
+TRAIN_USERS = np.array([0, 0, 1, 1, 2, 3, 3, 4, 5, 5])
+TRAIN_ITEMS = np.array([0, 1, 1, 2, 3, 4, 5, 0, 2, 5])
+
+
+def model(id_dropout=0.0, cold_offset=0.4, seed=0):
+    torch.manual_seed(seed)
+    content = torch.randn(N_ITEMS, 5)
+    m = JointRec(N_USERS, IdTower(N_ITEMS, 4, "xavier_uniform"), TRAIN_USERS, TRAIN_ITEMS, content, taste_dim=3,
+                 n_layers=2, id_dropout=id_dropout, cold_offset=cold_offset)
+    with torch.no_grad():  # non-zero everywhere, so a wrong read shows
+        m.bias.copy_(torch.randn(N_ITEMS))
+        m.cold_user.copy_(torch.randn(N_USERS))
+        m.taste.copy_(torch.randn(N_USERS, 3))
+    return m
+
+
+def test_scores_against_a_reference():
+    m = model().eval()
+    users = torch.arange(N_USERS)
+    got = m.score(users)
+    warm = torch.tensor([True] * 6 + [False] * 2)
+    ids = torch.where(warm.unsqueeze(1), m.item_tower.embedding.weight, 0.0)
+    # LightGCN by hand: the mean of layers 0..2 over the normalised bipartite graph
+    a = torch.zeros(N_USERS, N_ITEMS)
+    a[TRAIN_USERS, TRAIN_ITEMS] = 1.0
+    a = a / a.sum(1, keepdim=True).sqrt() / a.sum(0, keepdim=True).clamp_min(1e-7).sqrt()
+    u0, i0 = m.user.weight, ids
+    u1, i1 = a @ i0, a.T @ u0
+    u2, i2 = a @ i1, a.T @ u1
+    pu, qi = (u0 + u1 + u2) / 3, (i0 + i1 + i2) / 3
+    taste = m.taste @ (m.content @ m.proj).T
+    bias = torch.where(warm, m.bias, m.bias[:6].mean() + 0.4)
+    g = torch.where(warm.unsqueeze(0), pu @ qi.T, m.cold_user.unsqueeze(1))
+    assert torch.allclose(got, g + taste + bias, atol=1e-5)
+
+
+def test_unseen_items_do_not_read_their_id_or_bias_parameters():
+    m = model().eval()
+    users = torch.arange(N_USERS)
+    before = m.score(users).clone()
+    with torch.no_grad():
+        m.item_tower.embedding.weight[6:] += 100.0
+        m.bias[6:] -= 100.0
+    assert torch.equal(before, m.score(users))
+    # nor does training touch them: unseen items are out of the softmax
+    m.train()
+    m.loss({"users": torch.arange(N_USERS), "pos": torch.tensor([0, 1, 3, 4, 2, 5]),
+            "neg": torch.zeros(N_USERS, dtype=torch.long)}).backward()
+    assert torch.count_nonzero(m.item_tower.embedding.weight.grad[6:]) == 0
+    assert torch.count_nonzero(m.bias.grad[6:]) == 0
+
+
+def test_the_offset_moves_unseen_items_alone():
+    m = model(cold_offset=0.0).eval()
+    users = torch.arange(N_USERS)
+    low = m.score(users)
+    m.cold_offset = 1.5
+    m.ranking.clear()
+    high = m.score(users)
+    assert torch.allclose(high[:, 6:] - low[:, 6:], torch.full((N_USERS, 2), 1.5))
+    assert torch.equal(high[:, :6], low[:, :6])
+
+
+def test_id_dropout_at_rate_1_is_the_content_only_model():
+    m = model(id_dropout=1.0).train()
+    batch = {"users": torch.tensor([0, 1, 2, 3, 4, 5]), "pos": torch.tensor([0, 1, 3, 4, 2, 5]),
+             "neg": torch.zeros(6, dtype=torch.long)}
+    got = m.loss(batch)
+    u = batch["users"]
+    logits = m.cold_user[u].unsqueeze(1) + m.taste[u] @ (m.content @ m.proj).T + m.bias
+    logits[:, 6:] = -torch.inf
+    ref = F.cross_entropy(logits, batch["pos"])
+    ref = ref + m.taste_reg * (m.taste[u].pow(2).sum(1).mean() + m.proj.pow(2).sum())
+    ref = ref + m.id_reg * (m.user.weight[u].pow(2).sum(1).mean() + m.item_tower.embedding.weight[:6].pow(2).sum(1).mean())
+    assert torch.allclose(got, ref, atol=1e-6)
+    # and its gradient reaches no graph vector through the scores, only through the L2 term
+    got.backward()
+    assert torch.allclose(m.user.weight.grad[u], 2 * m.id_reg * m.user.weight[u].detach() / 6, atol=1e-6)
+
+
+def test_shared_directions_find_what_two_views_have_in_common():
+    gen = torch.Generator().manual_seed(0)
+    shared = torch.randn(400, 2, generator=gen)
+    x = torch.cat([shared @ torch.randn(2, 30, generator=gen), 3 * torch.randn(400, 30, generator=gen)], 1)
+    y = torch.cat([shared @ torch.randn(2, 20, generator=gen), 3 * torch.randn(400, 20, generator=gen)], 1)
+    z = shared_directions(x + 0.1 * torch.randn(400, 60, generator=gen), y, 2)
+    assert z.shape == (400, 4)
+    # each view's two directions span the shared factors (a least-squares fit explains them)
+    for cols in (z[:, :2], z[:, 2:]):
+        fit = cols @ torch.linalg.lstsq(cols, shared).solution
+        assert (1 - ((fit - shared) ** 2).sum() / (shared ** 2).sum()) > 0.9
+    both = content_vectors({"a": x, "b": y}, [("a", "b", 2)])
+    assert both.shape == (400, 4) and torch.allclose(both.pow(2).sum(1).mean(), torch.tensor(2.0), atol=0.05)
+
+
+@pytest.mark.parametrize("pair", [("text", "text", 2), ("text", "image", 0), ("text", "image", 99)])
+def test_bad_cca_pairs_name_the_key(pair):
+    class Ctx:
+        features = {}
+        data = None
+
+        def content(self, model, uses, key, names):
+            return {"text": torch.randn(10, 4), "image": torch.randn(10, 6)}
+
+    with pytest.raises(ConfigError, match="model.joint.cca"):
+        JointSpec(cca=[pair]).build(Ctx())
