@@ -3,9 +3,9 @@
 1. generate the demo data (first run only) and prepare it with a cold-start split;
 2. extract text (all-MiniLM-L6-v2), image (ImageNet EfficientNet-Lite0) and audio features into
    the feature store (only what is missing);
-3. train an id-only recommender (BPR) and a content-aware one (``hybrid_knn``: FREEDOM, with
-   unseen items ranked through their nearest warm items by content, on the cached features)
-   with the same trainer and evaluation, and print their metrics side by side;
+3. train an id-only recommender (BPR) and a content-aware one (``joint``: LightGCN over ids, a
+   taste over the cached features' shared directions and an item bias, in one softmax) with the
+   same trainer and evaluation, and print their metrics side by side;
 4. a short end-to-end run: a small CLIP's image and text towers fine-tuned with a two-tower
    recommender (recipes/configs/e2e_clip_demo.yaml, two epochs);
 5. ``modalrec compare``: frozen vs fine-tuned arms (ids only, each modality frozen and fused,
@@ -82,7 +82,7 @@ def demo(extra: list[str]) -> Path:
     cfg = api.configure(CONFIG, extra)
     summaries.print_extract({"store": str(cfg.features_dir),
                              "feature_sets": [r.to_dict() for r in api.extract(cfg)]})
-    for model in ("bpr", "hybrid_knn"):
+    for model in ("bpr", "joint"):
         print(f"\n== {model} ==")
         summaries.print_train(api.train(CONFIG, [f"model.name={model}", *extra]))
     print("\n== end to end: small CLIP, image + text towers fine-tuned (2 epochs) ==")

@@ -1,4 +1,4 @@
-"""``hybrid_knn`` (``ColdFill``, the demo's default model): FREEDOM as it is for warm items, and
+"""``hybrid_knn`` (``ColdFill``): FREEDOM as it is for warm items, and
 each item with no training interaction ranked through its nearest warm items by content.
 Defaults chosen on validation (benchmarks/README.md, `hybrid.py`)."""
 
