@@ -129,9 +129,7 @@ def test_on_the_demo_joint_carries_cold_items_and_its_offset_keeps_warm_ones(dem
     LightGCN's while cold items still reach the top 20 (measured: warm 0.460 against 0.473, cold
     0.058). Content this good earns cold items warm places at the default offset (measured: warm
     0.33, cold 0.43, all 0.37 against LightGCN's 0.25)."""
-    from pipeline.eval import Evaluator
-    from pipeline.train import Run
-    from test_hybrid import build
+    from test_hybrid import rescored
     from test_models import run
 
     ids = run(demo, "model.name=lightgcn", epochs=20)["test"]
@@ -139,14 +137,6 @@ def test_on_the_demo_joint_carries_cold_items_and_its_offset_keeps_warm_ones(dem
     joint = trained["test"]
     assert joint["cold/recall@20"] > ids["cold/recall@20"] + 0.2, (joint, ids)
     assert joint["recall@20"] > ids["recall@20"], (joint, ids)
-    _, model = build(demo, "model.name=joint", "model.joint.cca=[]")
-    Run(trained["run_dir"]).load_best(model)
-    data = demo[1]
-    ev = Evaluator(data.n_users, data.n_items, data.pairs("train"), data.pairs("test"), also_mask=data.pairs("valid"),
-                   ks=(20,))
-    model.eval().use_history("test")
-    model.cold_offset = 0.0
-    with torch.no_grad():
-        lower = ev.evaluate(model.score)
+    lower = rescored(demo, trained["run_dir"], ["model.name=joint", "model.joint.cca=[]"], cold_offset=0.0)
     assert lower["warm/recall@20"] >= 0.95 * ids["warm/recall@20"], (lower, ids)
     assert lower["cold/recall@20"] > 0.03, lower
