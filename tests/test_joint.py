@@ -18,9 +18,9 @@ TRAIN_USERS = np.array([0, 0, 1, 1, 2, 3, 3, 4, 5, 5])
 TRAIN_ITEMS = np.array([0, 1, 1, 2, 3, 4, 5, 0, 2, 5])
 
 
-def model(id_dropout=0.0, cold_offset=0.4, seed=0):
+def model(id_dropout=0.0, cold_offset=0.4, seed=0, width=5):
     torch.manual_seed(seed)
-    content = torch.randn(N_ITEMS, 5)
+    content = torch.randn(N_ITEMS, width)
     m = JointRec(N_USERS, IdTower(N_ITEMS, 4, "xavier_uniform"), TRAIN_USERS, TRAIN_ITEMS, content, taste_dim=3,
                  n_layers=2, id_dropout=id_dropout, cold_offset=cold_offset)
     with torch.no_grad():  # non-zero everywhere, so a wrong read shows
@@ -105,14 +105,20 @@ def test_shared_directions_find_what_two_views_have_in_common():
     for cols in (z[:, :2], z[:, 2:]):
         fit = cols @ torch.linalg.lstsq(cols, shared).solution
         assert (1 - ((fit - shared) ** 2).sum() / (shared ** 2).sum()) > 0.9
-    both = content_vectors({"a": x, "b": y}, [("a", "b", 2)])
+    both = content_vectors({"a": x, "b": y}, [("a", "b", 2)], 400)
     assert both.shape == (400, 4) and torch.allclose(both.pow(2).sum(1).mean(), torch.tensor(2.0), atol=0.05)
+    # a set no pair names enters standardised, after the pairs' directions
+    c = torch.randn(400, 7, generator=gen) * 5 + 3
+    three = content_vectors({"a": x, "b": y, "c": c}, [("a", "b", 2)], 400)
+    assert torch.equal(three[:, :4], both)
+    assert torch.allclose(three[:, 4:], (c - c.mean(0)) / (c.std(0) + 1e-6) / np.sqrt(7))
+    assert content_vectors({}, [], 400).shape == (400, 0)
 
 
 @pytest.mark.parametrize("pair", [("text", "text", 2), ("text", "image", 0), ("text", "image", 99)])
 def test_bad_cca_pairs_name_the_key(pair):
     class Ctx:
-        features = {}
+        features = {"text": None, "image": None}
         data = None
 
         def content(self, model, uses, key, names):
@@ -120,6 +126,48 @@ def test_bad_cca_pairs_name_the_key(pair):
 
     with pytest.raises(ConfigError, match="model.joint.cca"):
         JointSpec(cca=[pair]).build(Ctx())
+
+
+class _Ctx:
+    """A BuildContext with the toy data and the given feature sets."""
+
+    def __init__(self, features):
+        self.features = features
+
+        class Data:
+            n_users, n_items = N_USERS, N_ITEMS
+
+            @staticmethod
+            def pairs(split):
+                return TRAIN_USERS, TRAIN_ITEMS
+        self.data = Data
+
+    def content(self, model, uses, key, names):
+        return {n: self.features[n] for n in names}
+
+    def item_tower(self, init):
+        return IdTower(N_ITEMS, 4, init)
+
+
+def test_the_model_reads_the_feature_sets_it_is_given():
+    """A compare arm hands the model a subset of the feature sets: a pair it lacks a set of is
+    skipped (with a warning) and the sets it has enter standardised; with none, ids and biases
+    alone, unseen items ranked last."""
+    gen = torch.Generator().manual_seed(1)
+    text, image = torch.randn(N_ITEMS, 6, generator=gen), torch.randn(N_ITEMS, 5, generator=gen)
+    spec = JointSpec(cca=[("text", "image", 2)])
+    assert spec.extra_features(["text"]) == ["text"] and spec.extra_features([]) == []
+    with pytest.warns(UserWarning, match="model.joint.cca"):
+        alone = spec.build(_Ctx({"text": text}))
+    assert torch.allclose(alone.content, content_vectors({"text": text}, [], N_ITEMS))
+    paired = spec.build(_Ctx({"text": text, "image": image}))
+    assert torch.allclose(paired.content, content_vectors({"text": text, "image": image}, [("text", "image", 2)],
+                                                          N_ITEMS))
+    with pytest.warns(UserWarning):
+        ids_only = spec.build(_Ctx({}))
+    assert ids_only.content.shape == (N_ITEMS, 0)
+    scores = ids_only.eval().score(torch.arange(N_USERS))
+    assert (scores[:, 6:].max(1).values < scores[:, :6].min(1).values).all()
 
 
 def test_on_the_demo_joint_carries_cold_items_and_its_offset_keeps_warm_ones(demo):

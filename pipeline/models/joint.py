@@ -28,6 +28,8 @@ directions at 0.34 (the generator's true attributes: 0.35). Defaults chosen on v
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,19 +64,22 @@ def shared_directions(x: torch.Tensor, y: torch.Tensor, k: int, ridge: float = 0
     return (z / z.std(0).clamp_min(1e-12)).float()
 
 
-def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, str, int]]) -> torch.Tensor:
-    """The content ``z`` the taste term reads: the shared directions of each pair in ``pairs``
-    (``shared_directions``; a row's squared norm about 2, one per view, whatever the ``k``), or
-    without pairs every feature set standardised (a row's squared norm about 1 per set)."""
+def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, str, int]], n_items: int) -> torch.Tensor:
+    """The content ``z`` the taste term reads, ``[n_items, width]``: the shared directions of each
+    pair in ``pairs`` (``shared_directions``; a row's squared norm about 2, one per view, whatever
+    the ``k``), then every feature set no pair names, standardised (a row's squared norm about 1
+    per set). No feature sets: width 0 (the model is LightGCN plus item biases)."""
+    parts = []
     if pairs:
         z = torch.cat([shared_directions(features[a], features[b], k) for a, b, k in pairs], dim=1)
-        return z / np.sqrt(sum(k for _, _, k in pairs))
-    parts = []
-    for x in features.values():
-        x = x.float()
-        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        parts.append(x / np.sqrt(x.shape[1]))
-    return torch.cat(parts, dim=1)
+        parts.append(z / np.sqrt(sum(k for _, _, k in pairs)))
+    paired = {n for a, b, _ in pairs for n in (a, b)}
+    for name, x in features.items():
+        if name not in paired:
+            x = x.float()
+            x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+            parts.append(x / np.sqrt(x.shape[1]))
+    return torch.cat(parts, dim=1) if parts else torch.zeros(n_items, 0)
 
 
 class JointRec(Recommender):
@@ -137,7 +142,10 @@ class JointRec(Recommender):
     def score(self, users_idx):
         users, items = self.ranking.get(self.graph)
         with torch.no_grad():
-            return self.logits(users_idx, users, items, self.warm, self.ranking_bias())
+            out = self.logits(users_idx, users, items, self.warm, self.ranking_bias())
+        if not self.content.shape[1]:  # no content: nothing to rank an unseen item by, so last
+            out = out.masked_fill(~self.warm.unsqueeze(0), torch.finfo(out.dtype).min)
+        return out
 
 
 @register_model("joint")
@@ -153,21 +161,28 @@ class JointSpec(ModelSpec):
     id_reg: float = Field(0.003, ge=0)  # L2 on the batch users' and the trained items' id vectors
     cold_offset: float = Field(0.7)  # added to an unseen item's (mean) bias at ranking
     # feature-set pairs whose shared (CCA) directions form the content, with how many to keep;
-    # empty: every feature set, standardised
+    # the model's other feature sets enter standardised (none: LightGCN plus item biases)
     cca: list[tuple[str, str, int]] = []
 
     def extra_features(self, features: list[str]) -> list[str]:
-        return list(dict.fromkeys([n for a, b, _ in self.cca for n in (a, b)])) if self.cca else list(features)
+        return list(features)
 
     def build(self, ctx: BuildContext) -> JointRec:
-        names = self.extra_features(list(ctx.features))
-        features = ctx.content("joint", "scores unseen items by their content", "cca", names)
         for a, b, k in self.cca:
-            if a == b or k < 1 or k > min(features[a].shape[1], features[b].shape[1]):
-                raise ConfigError(f"model.joint.cca: ({a}, {b}, {k}) needs two different feature sets and "
-                                  f"1 <= k <= the narrower one's width")
+            if a == b or k < 1:
+                raise ConfigError(f"model.joint.cca: ({a}, {b}, {k}) needs two different feature sets and k >= 1")
+        names = list(ctx.features)  # the model's feature sets (a compare arm's subset, say)
+        pairs = [(a, b, k) for a, b, k in self.cca if a in names and b in names]
+        if len(pairs) < len(self.cca):
+            warnings.warn(f"model.joint.cca: {[p for p in self.cca if p not in pairs]} skipped, their feature sets "
+                          f"are not all among the model's ({names}); those it has enter standardised")
+        features = ctx.content("joint", "scores unseen items by their content", "cca", names) if names else {}
+        for a, b, k in pairs:
+            if k > min(features[a].shape[1], features[b].shape[1]):
+                raise ConfigError(f"model.joint.cca: ({a}, {b}, {k}) keeps more directions than the narrower "
+                                  "feature set's width")
         users, items = ctx.data.pairs("train")
         return JointRec(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items,
-                        content_vectors(features, list(self.cca)), taste_dim=self.taste_dim,
+                        content_vectors(features, pairs, ctx.data.n_items), taste_dim=self.taste_dim,
                         n_layers=self.n_layers, id_dropout=self.id_dropout, taste_reg=self.taste_reg,
                         id_reg=self.id_reg, cold_offset=self.cold_offset)
