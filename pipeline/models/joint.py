@@ -17,9 +17,9 @@ item, as the demo and TikTok catalogs afford) and id dropout: each step, a share
 the content and bias parts learn to rank an item alone, and ``cold_u`` learns how much a user's
 scores lean on the graph, in the same softmax as the items that keep it.
 
-Content ``z``: each feature set standardised; with ``cca`` pairs, the canonical directions two
-feature sets share (regularised CCA over the catalog's items, both views' projections side by
-side). Content generators describe one item's attributes in several modalities, so what two
+Content ``z``: for each ``cca`` pair, the canonical directions the two feature sets share
+(regularised CCA over the catalog's items, both views' projections side by side); every other
+feature set the model is given, standardised. Content generators describe one item's attributes in several modalities, so what two
 modalities agree on is the attribute, and what one says alone is mostly noise: on the demo, a
 linear taste over the raw features ranks unseen items at valid R@20 0.25, over the shared
 directions at 0.34 (the generator's true attributes: 0.35). Defaults chosen on validation
