@@ -13,9 +13,10 @@ test, and the same slices on validation, which is what the defaults were chosen 
 Arms: `bpr` and `lightgcn` (ids), `content` (two-tower over every feature set, no ids), `hybrid`
 (LightGCN over ids + features), `freedom` and `hybrid_knn` (FREEDOM, unseen items ranked by their
 warm content neighbours), `joint` (ids, content taste and item bias in one softmax). Trailing
-`key=value` overrides apply to every arm (a training budget, say). `--cold-weights 1,1.5,2` re-scores each trained `hybrid_knn` run's best model at those
-values of `model.hybrid_knn.cold_weight` (a ranking-time setting: training is FREEDOM's either way,
-though early stopping saw the configured weight) and prints the slices on validation and test:
+`key=value` overrides apply to every arm (a training budget, say). `--cold-weights 1,1.5,2`
+re-scores each trained `hybrid_knn` run's best model at those values of
+`model.hybrid_knn.cold_weight` (a ranking-time setting: training is FREEDOM's either way, though
+early stopping saw the configured weight) and prints the slices on validation and test:
 
     python benchmarks/hybrid.py recipes/configs/demo.yaml --arms hybrid_knn --seeds 1 --cold-weights 1,1.5,2
 """
