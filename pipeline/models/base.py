@@ -215,8 +215,9 @@ class RankingCache:
     def clear(self) -> None:
         self.entry = None
 
-    def get(self, build) -> tuple[torch.Tensor, torch.Tensor]:
-        """``build()``'s (users, items), from the cache while the weights and mode are unchanged."""
+    def get(self, build) -> tuple[torch.Tensor, ...]:
+        """``build()``'s vectors (users, items, ...), from the cache while the weights and mode
+        are unchanged."""
         key = (self.model.training, tuple((id(p), p._version) for p in self.model.parameters()))
         if self.entry is None or self.entry[0] != key:
             with torch.no_grad():

@@ -105,34 +105,40 @@ class JointRec(Recommender):
         self.register_buffer("content", content.float(), persistent=False)
         self.ranking = RankingCache(self)  # the graph pass once per evaluation, not per user chunk
 
-    def graph(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.where(self.warm.unsqueeze(1), self.item_tower(), 0.0)  # unseen ids: never trained
+    def graph(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.where(self.warm.unsqueeze(1), ids, 0.0)  # unseen ids: never trained
         return propagate(self.user.weight, ids, self.r, self.rt, self.n_layers)
 
-    def logits(self, users_idx: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+    def ranking_vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every chunk of users is ranked against: the graph's user and item vectors and the
+        items' projected content."""
+        return (*self.graph(self.item_tower()), self.content @ self.proj)
+
+    def logits(self, users_idx: torch.Tensor, users: torch.Tensor, items: torch.Tensor, looks: torch.Tensor,
                has_graph: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Scores ``[len(users_idx), n_items]``: ``g`` where ``has_graph``, else ``cold_u``."""
+        """Scores ``[len(users_idx), n_items]`` (``looks``: the items' projected content): ``g``
+        where ``has_graph``, else ``cold_u``."""
         g = users.index_select(0, users_idx) @ items.T
         g = torch.where(has_graph.unsqueeze(0), g, self.cold_user.index_select(0, users_idx).unsqueeze(1))
-        taste = self.taste.index_select(0, users_idx) @ (self.content @ self.proj).T
+        taste = self.taste.index_select(0, users_idx) @ looks.T
         return g + taste + bias.unsqueeze(0)
 
     def loss(self, batch):
         self.ranking.clear()  # a step changes the weights (fused optimizers do not say so)
-        users, items = self.graph()
+        ids = self.item_tower()
+        users, items = self.graph(ids)
         u = batch["users"]
         has_graph = self.warm
         if self.training and self.id_dropout > 0:
             has_graph = has_graph & (torch.rand(self.n_items, device=self.warm.device) >= self.id_dropout)
-        logits = self.logits(u, users, items, has_graph, self.bias)
+        logits = self.logits(u, users, items, self.content @ self.proj, has_graph, self.bias)
         # unseen items are no one's positive in training: out of the softmax, not pushed down
         logits = logits.masked_fill(~self.warm.unsqueeze(0), -torch.inf)
         loss = F.cross_entropy(logits, batch["pos"])
         taste = self.taste.index_select(0, u)
         loss = loss + self.taste_reg * (taste.pow(2).sum(1).mean() + self.proj.pow(2).sum())
-        ids = self.item_tower()[self.warm]
         return loss + self.id_reg * (self.user.weight.index_select(0, u).pow(2).sum(1).mean()
-                                     + ids.pow(2).sum(1).mean())
+                                     + ids[self.warm].pow(2).sum(1).mean())
 
     def ranking_bias(self) -> torch.Tensor:
         """``b_i`` for trained items; the trained items' mean plus ``cold_offset`` for the rest."""
@@ -140,9 +146,9 @@ class JointRec(Recommender):
         return torch.where(self.warm, self.bias, fill)
 
     def score(self, users_idx):
-        users, items = self.ranking.get(self.graph)
+        users, items, looks = self.ranking.get(self.ranking_vectors)
         with torch.no_grad():
-            out = self.logits(users_idx, users, items, self.warm, self.ranking_bias())
+            out = self.logits(users_idx, users, items, looks, self.warm, self.ranking_bias())
         if not self.content.shape[1]:  # no content: nothing to rank an unseen item by, so last
             out = out.masked_fill(~self.warm.unsqueeze(0), torch.finfo(out.dtype).min)
         return out
