@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.models.joint import JointRec, JointSpec, content_vectors, shared_directions
+from pipeline.models.joint import OFFSET_STEP, OFFSETS, JointRec, JointSpec, content_vectors, shared_directions
 from pipeline.models.towers import IdTower
 from test_models import demo  # noqa: F401  (the demo with its ground-truth attributes)
 
@@ -18,7 +18,7 @@ TRAIN_USERS = np.array([0, 0, 1, 1, 2, 3, 3, 4, 5, 5])
 TRAIN_ITEMS = np.array([0, 1, 1, 2, 3, 4, 5, 0, 2, 5])
 
 
-def model(id_dropout=0.0, cold_offset=0.4, seed=0, width=5):
+def model(id_dropout=0.0, cold_offset=0.4, seed=0, width=5):  # cold_offset None: auto
     torch.manual_seed(seed)
     content = torch.randn(N_ITEMS, width)
     m = JointRec(N_USERS, IdTower(N_ITEMS, 4, "xavier_uniform"), TRAIN_USERS, TRAIN_ITEMS, content, taste_dim=3,
@@ -70,11 +70,66 @@ def test_the_offset_moves_unseen_items_alone():
     m = model(cold_offset=0.0).eval()
     users = torch.arange(N_USERS)
     low = m.score(users)
-    m.cold_offset = 1.5
-    m.ranking.clear()
+    m.set_offset(1.5)
     high = m.score(users)
     assert torch.allclose(high[:, 6:] - low[:, 6:], torch.full((N_USERS, 2), 1.5))
     assert torch.equal(high[:, :6], low[:, :6])
+
+
+def test_auto_offset_takes_the_largest_offset_within_the_warm_cost():
+    """``cold_offset: auto`` against a known warm curve: the validation warm recall falls in steps
+    as the offset grows; the chosen offset is the last one before the step that costs more than
+    ``warm_cost`` of the warm recall with unseen items last."""
+    m = model(cold_offset=None).eval()
+    m.warm_cost = 0.15
+
+    def evaluate():
+        c = float(m.cold_offset)
+        return {"warm/recall@20": 0.4 if c < 1.3 else 0.3 if c < 2.5 else 0.1, "recall@20": 0.0}
+
+    m.fit_ranking(evaluate, "recall@20")
+    assert 1.3 - OFFSET_STEP <= float(m.cold_offset) < 1.3
+    m.warm_cost = 0.3  # 0.3 >= 0.7 * 0.4 now passes
+    m.fit_ranking(evaluate, "recall@20")
+    assert 2.5 - OFFSET_STEP <= float(m.cold_offset) < 2.5
+    m.warm_cost = 0.8  # nothing costs that much: the top of the range
+    m.fit_ranking(evaluate, "recall@20")
+    assert float(m.cold_offset) == OFFSETS[1]
+    # no warm pairs to hold: the offset stays; a fixed offset is never changed
+    m.fit_ranking(lambda: {"recall@20": 0.0}, "recall@20")
+    assert float(m.cold_offset) == OFFSETS[1]
+    fixed = model(cold_offset=0.4).eval()
+    fixed.fit_ranking(evaluate, "recall@20")
+    assert float(fixed.cold_offset) == pytest.approx(0.4)
+
+
+def test_auto_offset_equals_a_grid_search_with_a_real_evaluator():
+    """The bisection against the plain search: every offset on the 1/32 grid of the range,
+    validation warm recall@3 by the evaluator, the largest that keeps 1 - warm_cost of it."""
+    from pipeline.eval import Evaluator
+
+    gen = np.random.default_rng(3)
+    valid_users = np.arange(N_USERS).repeat(2)
+    valid = (valid_users, gen.integers(0, N_ITEMS, len(valid_users)))
+    ev = Evaluator(N_USERS, N_ITEMS, (TRAIN_USERS, TRAIN_ITEMS), valid, ks=(3,))
+    for seed in range(4):
+        m = model(cold_offset=None, seed=seed).eval()
+        m.warm_cost = 0.3
+
+        def evaluate():
+            with torch.no_grad():
+                return ev.evaluate(m.score)
+
+        m.set_offset(-1e4)
+        floor = (1 - m.warm_cost) * evaluate()["warm/recall@3"]
+        grid = OFFSETS[0] + OFFSET_STEP * np.arange(int((OFFSETS[1] - OFFSETS[0]) / OFFSET_STEP) + 1)
+        kept = []
+        for c in grid:
+            m.set_offset(float(c))
+            if evaluate()["warm/recall@3"] >= floor:
+                kept.append(float(c))
+        m.fit_ranking(evaluate, "recall@3")
+        assert float(m.cold_offset) == max(kept), (seed, kept)
 
 
 def test_id_dropout_at_rate_1_is_the_content_only_model():
@@ -185,6 +240,32 @@ def test_on_the_demo_joint_carries_cold_items_and_its_offset_keeps_warm_ones(dem
     joint = trained["test"]
     assert joint["cold/recall@20"] > ids["cold/recall@20"] + 0.2, (joint, ids)
     assert joint["recall@20"] > ids["recall@20"], (joint, ids)
-    lower = rescored(demo, trained["run_dir"], ["model.name=joint", "model.joint.cca=[]"], cold_offset=0.0)
+    lower = rescored(demo, trained["run_dir"], ["model.name=joint", "model.joint.cca=[]"], cold_offset=torch.tensor(0.0))
     assert lower["warm/recall@20"] >= 0.95 * ids["warm/recall@20"], (lower, ids)
     assert lower["cold/recall@20"] > 0.03, lower
+
+
+def test_the_trainer_fits_the_auto_offset_on_validation_and_saves_it(demo):
+    """``cold_offset: auto`` in a training run: the best weights come with the offset fitted on
+    validation for them (fitting again from the saved weights gives it back), and the run's test
+    metrics are the model's at that offset."""
+    from test_hybrid import build, rescored
+    from test_models import run
+
+    from pipeline.train import Run
+    from pipeline.train.trainer import evaluators
+
+    overrides = ["model.name=joint", "model.joint.cca=[]"]
+    trained = run(demo, *overrides, epochs=6)
+    cfg, m = build(demo, *overrides)
+    Run(trained["run_dir"]).load_best(m)
+    saved = float(m.cold_offset)
+    assert saved != 0.0  # the buffer's initial value: never fitted
+    valid_eval, _ = evaluators(cfg, demo[1])
+    m.eval().use_history("valid")
+    with torch.no_grad():
+        m.fit_ranking(lambda: valid_eval.evaluate(m.score, cold_slice=True), cfg.train.valid_metric)
+    assert float(m.cold_offset) == saved
+    again = rescored(demo, trained["run_dir"], overrides)
+    assert again["recall@20"] == pytest.approx(trained["test"]["recall@20"])
+    assert again["cold/recall@20"] == pytest.approx(trained["test"]["cold/recall@20"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -51,6 +52,12 @@ class Recommender(nn.Module, ABC):
     def use_history(self, split: str) -> None:
         """Which interactions count as the user's known history when scoring (``"valid"`` scoring
         sees train; ``"test"`` sees train + valid). Only history-based models care."""
+
+    def fit_ranking(self, evaluate: Callable[[], dict[str, float]], metric: str) -> None:
+        """Called by the trainer before each validation evaluation. A model with a ranking-time
+        setting chosen on validation (``joint``'s lift for unseen items) sets it here from
+        ``evaluate()``: the current weights' validation metrics with their warm and cold slices
+        (``"warm/recall@20"``, ...); ``metric`` is the one training selects on. Most models have none."""
 
     def param_groups(self, train) -> list[dict]:
         """The optimizer's parameter groups for ``train`` (the config's `train` section): every

@@ -7,9 +7,14 @@
 - ``theta_u . (W z_i)``: the user's taste over the item's content ``z_i`` (fixed, from the
   cached features; below).
 - ``b_i``: a learned bias per item (its popularity). An unseen item reads the mean of the
-  trained items' biases plus ``cold_offset``: unseen items are new to every user, and on a
+  trained items' biases plus an offset: unseen items are new to every user, and on a
   cold-start split all their interactions are held out, so they deserve a lift no trained
-  number says.
+  number says. How much depends on the split (how likely a held-out pair is to be on a new
+  item), so by default (``cold_offset: auto``) it is chosen on validation at every evaluation:
+  the largest offset at which unseen items take at most ``warm_cost`` of the validation warm
+  items' recall (against unseen items ranked last). Warm recall only falls as the offset grows
+  and cold recall only rises, so this is also the offset with the most cold recall at that cost;
+  a bisection finds it. A number fixes the offset instead.
 
 Trained with a full softmax over the trained items (each training pair against every trained
 item, as the demo and TikTok catalogs afford) and id dropout: each step, a share
@@ -29,6 +34,7 @@ directions at 0.34 (the generator's true attributes: 0.35). Defaults chosen on v
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,6 +47,9 @@ from .base import Recommender, RankingCache, normalized_bipartite
 from .lightgcn import WHOLE_GRAPH, propagate
 from .registry import BuildContext, ModelSpec, register_model
 from .towers import ItemTower
+
+OFFSETS = (-2.0, 6.0)  # the range ``cold_offset: auto`` searches, in logits over the trained items' mean bias
+OFFSET_STEP = 1 / 32  # how finely
 
 
 def _inverse_sqrt(c: torch.Tensor) -> torch.Tensor:
@@ -85,7 +94,8 @@ def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, st
 class JointRec(Recommender):
     def __init__(self, n_users: int, item_tower: ItemTower, train_users: np.ndarray, train_items: np.ndarray,
                  content: torch.Tensor, taste_dim: int = 32, n_layers: int = 3, id_dropout: float = 0.9,
-                 taste_reg: float = 0.03, id_reg: float = 0.003, cold_offset: float = 0.7):
+                 taste_reg: float = 0.03, id_reg: float = 0.003, cold_offset: float | None = None,
+                 warm_cost: float = 0.15):
         super().__init__()
         self.item_tower = item_tower  # the item ids
         self.n_items = item_tower.n_items
@@ -96,7 +106,10 @@ class JointRec(Recommender):
         self.bias = nn.Parameter(torch.zeros(self.n_items))
         self.cold_user = nn.Parameter(torch.zeros(n_users))  # g of an item without its graph part
         self.n_layers, self.id_dropout = n_layers, id_dropout
-        self.taste_reg, self.id_reg, self.cold_offset = taste_reg, id_reg, cold_offset
+        self.taste_reg, self.id_reg = taste_reg, id_reg
+        self.auto_offset, self.warm_cost = cold_offset is None, warm_cost  # None: chosen on validation
+        # saved with the weights: the offset the best epoch was ranked at is the one it is served at
+        self.register_buffer("cold_offset", torch.tensor(0.0 if cold_offset is None else float(cold_offset)))
         r, rt = normalized_bipartite(train_users, train_items, n_users, self.n_items)
         self.register_buffer("r", r, persistent=False)
         self.register_buffer("rt", rt, persistent=False)
@@ -140,6 +153,36 @@ class JointRec(Recommender):
         return loss + self.id_reg * (self.user.weight.index_select(0, u).pow(2).sum(1).mean()
                                      + ids[self.warm].pow(2).sum(1).mean())
 
+    def set_offset(self, value: float) -> None:
+        self.cold_offset.fill_(value)  # read at ranking, outside the cached vectors
+
+    def fit_ranking(self, evaluate, metric: str) -> None:
+        """``cold_offset: auto``: the largest offset in ``OFFSETS`` whose validation warm ``metric``
+        is at least ``1 - warm_cost`` of its value with unseen items ranked last (bisection, the
+        warm metric falls as the offset grows). Nothing to choose without content, unseen items or
+        warm validation pairs (then unseen items keep the last offset)."""
+        if not self.auto_offset or not self.content.shape[1] or bool(self.warm.all()):
+            return
+        last = float(self.cold_offset)
+        self.set_offset(-1e4)  # unseen items last
+        floor = evaluate().get(f"warm/{metric}")
+        if floor is None or floor != floor:  # no warm validation pairs to hold
+            self.set_offset(last)
+            return
+        floor *= 1 - self.warm_cost
+        lo, hi = OFFSETS
+        self.set_offset(hi)
+        if evaluate()[f"warm/{metric}"] >= floor:
+            return
+        while hi - lo > OFFSET_STEP:
+            mid = (lo + hi) / 2
+            self.set_offset(mid)
+            if evaluate()[f"warm/{metric}"] >= floor:
+                lo = mid
+            else:
+                hi = mid
+        self.set_offset(lo)
+
     def ranking_bias(self) -> torch.Tensor:
         """``b_i`` for trained items; the trained items' mean plus ``cold_offset`` for the rest."""
         fill = self.bias[self.warm].mean() + self.cold_offset if bool(self.warm.any()) else self.bias.new_zeros(())
@@ -165,7 +208,9 @@ class JointSpec(ModelSpec):
     id_dropout: float = Field(0.9, ge=0, le=1)  # share of items scored without their graph part per step
     taste_reg: float = Field(0.03, ge=0)  # L2 on the batch users' tastes and the content projection
     id_reg: float = Field(0.003, ge=0)  # L2 on the batch users' and the trained items' id vectors
-    cold_offset: float = Field(0.7)  # added to an unseen item's (mean) bias at ranking
+    # added to an unseen item's (mean) bias at ranking; "auto": chosen on validation at each evaluation
+    cold_offset: float | Literal["auto"] = "auto"
+    warm_cost: float = Field(0.15, ge=0, le=1)  # auto: share of validation warm recall unseen items may take
     # feature-set pairs whose shared (CCA) directions form the content, with how many to keep;
     # the model's other feature sets enter standardised (none: LightGCN plus item biases)
     cca: list[tuple[str, str, int]] = []
@@ -191,4 +236,5 @@ class JointSpec(ModelSpec):
         return JointRec(ctx.data.n_users, ctx.item_tower("xavier_uniform"), users, items,
                         content_vectors(features, pairs, ctx.data.n_items), taste_dim=self.taste_dim,
                         n_layers=self.n_layers, id_dropout=self.id_dropout, taste_reg=self.taste_reg,
-                        id_reg=self.id_reg, cold_offset=self.cold_offset)
+                        id_reg=self.id_reg, cold_offset=None if self.cold_offset == "auto" else self.cold_offset,
+                        warm_cost=self.warm_cost)

@@ -172,6 +172,7 @@ def train(cfg: Config, data: PreparedData, features: dict, *, seed: int | None =
                   "samples": samples * accelerator.num_processes}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             started = time.perf_counter()
+            core.fit_ranking(lambda: _evaluate(core, valid_eval, "valid", accelerator.device, cold_slice=True), metric)
             valid = _evaluate(core, valid_eval, "valid", accelerator.device, cold_slice=False)
             record["eval_seconds"] = time.perf_counter() - started
             record["valid"] = {metric: valid[metric]}
