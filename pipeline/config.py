@@ -244,6 +244,9 @@ class CompareConfig(Section):
     finetuned_features: bool | list[Policy] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
     common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
+    # overrides of the arms training one recommender, on top of `common`: a budget fit for that
+    # model (joint's cheap full-softmax epochs against a fine-tuned two-tower's), e.g. {joint: {train.epochs: 100}}
+    by_model: dict[ModelName, dict[str, Any]] = {}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
     skip: list[str] = []  # arm names left out
     html: bool = False  # also write report.html

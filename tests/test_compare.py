@@ -431,6 +431,18 @@ def test_frozen_and_finetuned_arms_get_their_own_models(tmp_path):
     assert "counterpart" not in skipped["finetuned-image-full"]
     assert skipped["ftfeat-image-full"]["counterpart"] == "frozen-image"
 
+    # a budget per recommender: compare.by_model.<model> after compare.common, only on that model's arms
+    budget = _listing("compare.common={train.epochs: 5, train.lr: 0.5}", "compare.by_model={joint: {train.epochs: 70}}",
+                      "compare.finetune=[image]", tmp_path=tmp_path)
+    for name, a in budget.items():
+        run = a["run_overrides"]
+        assert run.index(f"model.name={a['model']}") < run.index("train.epochs=5") < run.index("train.lr=0.5")
+        assert ("train.epochs=70" in run) == (a["model"] == "joint"), name
+        if a["model"] == "joint":
+            assert run.index("train.epochs=5") < run.index("train.epochs=70")
+    with pytest.raises(ConfigError, match=r"compare\.by_model\.nope"):
+        _listing("compare.by_model={nope: {train.epochs: 1}}", tmp_path=tmp_path)
+
     # the fine-tuned arms' model must take live encoders; null with joint: frozen arms only, as before
     with pytest.raises(ConfigError, match=r"compare\.finetune_model: model joint .*two_tower"):
         _listing("compare.finetune_model=joint", tmp_path=tmp_path)
@@ -441,14 +453,15 @@ def test_frozen_and_finetuned_arms_get_their_own_models(tmp_path):
 
 def test_an_extra_arm_reports_the_model_it_names(grid):
     """An extra arm trains the frozen arms' model unless its overrides name another: the report
-    and the reproduce command say which."""
+    and the reproduce command say which, and the header each recommender's budget."""
     import yaml
 
     from pipeline.api import compare as run_compare
 
     overrides = [o for o in grid[0] if not o.startswith("compare.")]
     report = run_compare(DEMO, [*overrides, "compare.features=[text]", "compare.finetune=[]", "compare.seeds=[1]",
-                                "compare.name=extra", "compare.arms={bpr-ids: {model.name: bpr}}"])
+                                "compare.name=extra", "compare.by_model={joint: {train.epochs: 3}}",
+                                "compare.arms={bpr-ids: {model.name: bpr, train.epochs: 1}}"])
     arms = _arms(report)
     assert {n: (a["status"], a["model"]) for n, a in arms.items()} == {
         "id-only": ("ok", "joint"), "frozen-text": ("ok", "joint"), "bpr-ids": ("ok", "bpr")}
@@ -456,3 +469,8 @@ def test_an_extra_arm_reports_the_model_it_names(grid):
     assert yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())["model"]["name"] == "bpr"
     words = shlex.split(run["command"])
     assert words.index("model.name=joint") < words.index('model.name="bpr"')  # its own override wins
+    assert {n: (a["budget"]["epochs"], a["cost"]["epochs"]) for n, a in arms.items()} == {
+        "id-only": (3, 3), "frozen-text": (3, 3), "bpr-ids": (1, 1)}
+    assert "train.epochs=3" in shlex.split(arms["frozen-text"]["runs"][0]["command"])
+    md = (Path(report["report_dir"]) / "report.md").read_text(encoding="utf-8")
+    assert "Budget per recommender: **joint**: up to 3 epochs" in md and "; **bpr**: up to 1 epochs" in md

@@ -30,6 +30,9 @@ extra (``compare.arms``)            any overrides, on top of the common ones (``
                                     unless they name ``model.name``)
 ==================================  ========================================================
 
+Every arm gets ``compare.common``, then ``compare.by_model.<its model>``: a budget per recommender,
+so the fine-tuned arms and their counterpart always share theirs.
+
 Policies (``compare.policies``): ``frozen``, ``full``, ``bias``, ``top-k:N``, ``lora`` /
 ``lora:R``, and ``cached-top-k:N`` (top-k with the hidden states below the trained blocks cached).
 """
@@ -143,10 +146,15 @@ def compared_models(cfg: Config) -> tuple[str, str]:
     return frozen, c.finetune_model or frozen
 
 
+def model_overrides(cfg: Config, model: str) -> list[str]:
+    """The recommender ``model`` (an arm's), then ``compare.common`` and ``compare.by_model.<model>``."""
+    return [f"model.name={model}", *as_overrides(cfg.compare.common), *as_overrides(cfg.compare.by_model.get(model, {}))]
+
+
 def common_overrides(cfg: Config, runs_dir: Path, arm: str, model: str) -> list[str]:
-    """What every arm shares (the recommender ``model`` is the arm's, ``compare.common`` on top of
-    it), one seed per run, and where its runs go."""
-    out = [f"model.name={model}", *as_overrides(cfg.compare.common)]
+    """What the arms of one recommender share (``model_overrides``), one seed per run, and where
+    its runs go."""
+    out = model_overrides(cfg, model)
     return [*out, "train.seeds=null", f"train.runs_dir={json.dumps(str(runs_dir))}", f"train.run_name={arm}"]
 
 

@@ -17,7 +17,7 @@ from ..config import Config
 from ..content import field_modality
 from ..data import PreparedData
 from ..errors import ConfigError
-from .arms import Arm, as_overrides, compared_models
+from .arms import Arm, compared_models, model_overrides
 from .formats import p_value
 from .per_user import load_per_user
 from .stats import holm, mean_std, paired_test
@@ -26,6 +26,12 @@ ALPHA = 0.05
 KIND_LABEL = {"id": "ID only", "frozen": "frozen", "fused": "frozen, fused",
               "counterpart": "frozen, fine-tuned arms' model", "finetuned": "fine-tuned",
               "ftfeat": "fine-tuned features, frozen model", "custom": "extra"}
+
+
+def train_budget(cfg: Config) -> dict[str, Any]:
+    """What a run's training was allowed: the report's budget of one arm."""
+    return {k: getattr(cfg.train, k) for k in ("epochs", "patience", "lr", "batch_size", "optimizer")} | \
+        {"encoder_lr": getattr(cfg.train, "encoder_lr", None)}
 
 
 def _modality(cfg: Config, data: PreparedData, feature: str) -> str:
@@ -69,8 +75,7 @@ def _command(context: dict, cfg: Config, arm: Arm, seed_overrides: list[str]) ->
     from ..config_tree import parse_overrides
 
     user = [f"{k}={v}" for k, v in parse_overrides(context["overrides"]) if k != "compare" and not k.startswith("compare.")]
-    parts = ["modalrec", "train", context["config"], *user, f"model.name={arm.model}",
-             *as_overrides(cfg.compare.common)]
+    parts = ["modalrec", "train", context["config"], *user, *model_overrides(cfg, arm.model)]
     if context.get("train_seeds_set"):
         parts.append("train.seeds=null")
     parts += [*arm.overrides, *seed_overrides]
@@ -91,6 +96,8 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
         o = outcomes[arm.name]
         entry: dict[str, Any] = {**arm.to_dict(), "model": o.get("model") or arm.model, "label": KIND_LABEL[arm.kind],
                                  "status": o["status"], "error": o["error"], "runs": []}
+        if o.get("budget"):
+            entry["budget"] = o["budget"]
         for s in o["seeds"]:
             run = {k2: s.get(k2) for k2 in ("seed", "status", "run_dir", "seconds", "error", "traceback")
                    if s.get(k2) is not None}
@@ -180,8 +187,7 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
         "long_tail_share": cfg.eval.long_tail_share if cfg.eval.long_tail_slice else None,
         "valid_metric": cfg.train.valid_metric, "baseline": baseline, "seeds": context["seeds"], "alpha": ALPHA,
         "users": int(len(users_ref)) if users_ref is not None else 0,
-        "budget": {k2: getattr(cfg.train, k2) for k2 in ("epochs", "patience", "lr", "batch_size", "optimizer")}
-        | {"encoder_lr": getattr(cfg.train, "encoder_lr", None)},
+        "budget": train_budget(cfg),
         "device": _device(), "config": context["config"], "overrides": context["overrides"],
         "compare_dir": context["compare_dir"], "extraction": context["extraction"],
         "extraction_costs": costs, "extraction_errors": context["extraction_errors"],

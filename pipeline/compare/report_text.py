@@ -18,13 +18,10 @@ def blocks(report: dict) -> list[tuple]:
     m, base = report["metric"], report["baseline"]
     arms = report["arms"]
     ok = ok_arms(report)
-    b = report["budget"]
     out: list[tuple] = [("h1", report["title"])]
     out.append(("p", f"Data **{report['data']}** (split `{report['split']}`), {_recommenders(report)}, "
-                     f"seeds {report['seeds']}, {report['users']:,} test users. Same budget for every arm: up to "
-                     f"{b['epochs']} epochs, early stopping on valid {report['valid_metric']} (patience "
-                     f"{b['patience']}), lr {b['lr']}" + (f", encoder lr {b['encoder_lr']}" if b.get("encoder_lr") else "")
-                + f", batch {b['batch_size']}. Device: {report['device']}. Baseline for significance: **{base}**."))
+                     f"seeds {report['seeds']}, {report['users']:,} test users. {_budgets(report)} "
+                     f"Device: {report['device']}. Baseline for significance: **{base}**."))
 
     out.append(("h2", "Verdict"))
     out.append(("list", report["verdict"]["lines"]))
@@ -132,6 +129,22 @@ def _recommenders(report: dict) -> str:
     if len(by_model) <= 1:
         return f"recommender **{next(iter(by_model), report['model'])}**"
     return "recommenders " + "; ".join(f"**{m}** ({', '.join(names)})" for m, names in by_model.items())
+
+
+def _budgets(report: dict) -> str:
+    """The arms' budget: one for all, or one per recommender (``compare.by_model``)."""
+    def words(b: dict) -> str:
+        return (f"up to {b['epochs']} epochs, early stopping on valid {report['valid_metric']} (patience "
+                f"{b['patience']}), lr {b['lr']}" + (f", encoder lr {b['encoder_lr']}" if b.get("encoder_lr") else "")
+                + f", batch {b['batch_size']}")
+
+    by_model: dict[str, dict] = {}
+    for a in report["arms"]:
+        by_model.setdefault(a.get("model", report["model"]), a.get("budget") or report["budget"])
+    if len({words(b) for b in by_model.values()}) <= 1:
+        return f"Same budget for every arm: {words(report['budget'])}."
+    return "Budget per recommender: " + "; ".join(
+        f"**{m}**: {words(b)}" for m, b in by_model.items()) + "."
 
 
 def _slices(report: dict, ok: list[dict]) -> list[tuple]:

@@ -31,6 +31,7 @@ from ..data import PreparedData
 from ..errors import ConfigError
 from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features, compared_models
 from .per_user import PER_USER, per_user_metrics, save_per_user
+from .report_data import train_budget
 
 _STAMP_FORMAT = 1
 
@@ -207,7 +208,8 @@ def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
                 if blocked:
                     raise _Blocked(blocked)
                 acfg = load_config(config, record["overrides"])
-                out["model"] = acfg.model.name  # what it trained: a custom arm's overrides may name another
+                # what it trained, and with what budget: a custom arm's overrides may name another model
+                out.update(model=acfg.model.name, budget=train_budget(acfg))
                 run_dir = run_dir_for(acfg, seed)
                 record["run_dir"] = str(run_dir)
                 digest = config_hash(acfg, data, hashes.get((arm.depends_on, seed), ""))
