@@ -407,7 +407,8 @@ def test_frozen_and_finetuned_arms_get_their_own_models(tmp_path):
         # like for like: the same overrides as in the one-model grid, where frozen-<f> is the two-tower's
         assert tuned["overrides"] == one[f"finetuned-{f}-full"]["overrides"]
         assert counterpart["overrides"] == one[f"frozen-{f}"]["overrides"]
-        assert "model.name=two_tower" in tuned["run_overrides"] and "model.name=two_tower" in counterpart["run_overrides"]
+        assert "model.name=two_tower" in tuned["run_overrides"]
+        assert "model.name=two_tower" in counterpart["run_overrides"]
         assert one[f"finetuned-{f}-full"]["counterpart"] == f"frozen-{f}"
     assert all(a["model"] == "two_tower" for a in one.values())
     # the same model named twice is one model: the one-model grid

@@ -148,7 +148,8 @@ def compared_models(cfg: Config) -> tuple[str, str]:
 
 def model_overrides(cfg: Config, model: str) -> list[str]:
     """The recommender ``model`` (an arm's), then ``compare.common`` and ``compare.by_model.<model>``."""
-    return [f"model.name={model}", *as_overrides(cfg.compare.common), *as_overrides(cfg.compare.by_model.get(model, {}))]
+    by_model = cfg.compare.by_model.get(model, {})
+    return [f"model.name={model}", *as_overrides(cfg.compare.common), *as_overrides(by_model)]
 
 
 def common_overrides(cfg: Config, runs_dir: Path, arm: str, model: str) -> list[str]:

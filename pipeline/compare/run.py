@@ -161,7 +161,8 @@ def plan_compare(config: str | Path | Config, overrides: list[str] | None = None
     arms = build_arms(cfg)
     baseline = baseline_arm(cfg, arms)
     frozen_model, _ = compared_models(cfg)
-    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared", frozen_model)])
+    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared",
+                                                                 frozen_model)])
     return ComparePlan(config, overrides, cfg, shared, arms, baseline, check_metric(shared))
 
 
