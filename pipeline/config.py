@@ -221,14 +221,18 @@ class EvalConfig(Section):
 
 class CompareConfig(Section):
     """``modalrec compare``: one grid of arms on one data set and split, every arm trained with the
-    same recommender, loss, budget (the `train` section) and evaluation, over the same seeds.
-    The arms (see ``pipeline/compare/arms.py``): ``id-only``; ``frozen-<feature>`` per feature set
-    and ``frozen-fused`` over all of them; ``finetuned-<encoder>-<policy>`` per encoder and
-    policy; ``ftfeat-<encoder>-<policy>``, the fine-tuned encoder's features fed back to the
-    frozen model; plus any extra arms given as overrides."""
+    same budget (the `train` section) and evaluation, over the same seeds. The arms (see
+    ``pipeline/compare/arms.py``): ``id-only``; ``frozen-<feature>`` per feature set and
+    ``frozen-fused`` over all of them; ``finetuned-<encoder>-<policy>`` per encoder and policy;
+    ``ftfeat-<encoder>-<policy>``, the fine-tuned encoder's features fed back to the frozen
+    model; plus any extra arms given as overrides. The arms reading cached features train
+    ``model``, the fine-tuned ones ``finetune_model`` (it must take live encoders), each against
+    a frozen arm of its own model."""
 
     name: str | None = None  # results go under <cache_dir>/compare/<name>; default data.name
-    model: ModelName | None = "two_tower"  # null: model.name
+    model: ModelName | None = "joint"  # the arms reading cached features; null: model.name
+    # the arms fine-tuning encoders (a model taking live encoders); null: `model` for every arm
+    finetune_model: ModelName | None = "two_tower"
     seeds: list[int] = Field([1, 2, 3], min_length=1)  # every arm trains once per seed
     metric: str | None = None  # ranks the arms and is tested for significance; default train.valid_metric
     features: list[str] | None = None  # feature sets compared frozen; default all of `features`
@@ -240,6 +244,9 @@ class CompareConfig(Section):
     finetuned_features: bool | list[Policy] = True  # ftfeat arms: true (every policy), false, or some policies
     baseline: str | None = None  # arm the others are tested against; default frozen-fused
     common: dict[str, Any] = {}  # overrides every arm shares, e.g. the budget: {train.epochs: 30}
+    # overrides of the arms training one recommender, on top of `common`: a budget fit for that
+    # model (joint's cheap full-softmax epochs against a fine-tuned two-tower's), e.g. {joint: {train.epochs: 100}}
+    by_model: dict[ModelName, dict[str, Any]] = {}
     arms: dict[str, dict[str, Any]] = {}  # extra arms: name -> {dotted.key: value}
     skip: list[str] = []  # arm names left out
     html: bool = False  # also write report.html

@@ -107,7 +107,7 @@ def print_compare(r: dict[str, Any]) -> None:
     if "arms" in r and "report_dir" not in r:  # --dry-run
         print(f"{len(r['arms'])} arms x seeds {r['seeds']} (baseline {r['baseline']}, metric {r['metric']}):")
         for a in r["arms"]:
-            print(f"  {a['name']:<32} {' '.join(a['overrides'])}")
+            print(f"  {a['name']:<32} {a.get('model', ''):<12} {' '.join(a['overrides'])}")
         return
     m = r["metric"]
     print(f"{'arm':<32} {'test ' + m:>20} {'cold':>7} {'tail':>7} {'vs baseline':>12} {'p (t)':>8} {'total s':>9}  status")

@@ -1,6 +1,7 @@
 """`modalrec compare`: a tiny grid (ids, frozen, fused, fine-tuned, fine-tuned features fed back,
 two arms that fail) on a small demo with tiny encoders; its report, significance, resume, and
-reproduction of single arms with `modalrec train`."""
+reproduction of single arms with `modalrec train`. The frozen arms train the demo's `joint`, the
+fine-tuned ones a two-tower, tested against a frozen arm of the same two-tower."""
 
 import json
 import shlex
@@ -63,8 +64,8 @@ def test_report_has_every_section(grid):
     assert json.loads((out / "report.json").read_text(encoding="utf-8")) == json.loads(json.dumps(report, default=str))
 
     arms = _arms(report)
-    assert list(arms) == ["id-only", "frozen-text", "frozen-image", "frozen-fused", "finetuned-image-top9",
-                          "finetuned-image-top1", "ftfeat-image-top1", "bad-key"]
+    assert list(arms) == ["id-only", "frozen-text", "frozen-image", "frozen-fused", "frozen-image-two_tower",
+                          "finetuned-image-top9", "finetuned-image-top1", "ftfeat-image-top1", "bad-key"]
     assert report["baseline"] == "frozen-fused" and report["metric"] == "recall@20"
     for name, a in arms.items():
         if name in ("finetuned-image-top9", "bad-key"):
@@ -86,7 +87,8 @@ def test_report_has_every_section(grid):
     assert arms["id-only"]["cost"]["extraction_seconds"] == 0
     # fine-tuned features cost their fine-tuning run too; the fine-tuned arm trains fewer params than full
     assert arms["ftfeat-image-top1"]["cost"]["finetune_run_seconds"] == arms["finetuned-image-top1"]["cost"]["run_seconds"]
-    assert arms["finetuned-image-top1"]["counterpart"] == "frozen-image"
+    assert arms["finetuned-image-top1"]["counterpart"] == "frozen-image-two_tower"  # its own model, frozen
+    assert arms["ftfeat-image-top1"]["counterpart"] == "frozen-image"
     assert arms["finetuned-image-top1"]["vs_counterpart"]["n"] == report["users"] > 0
 
     # the failing arms are reported with their errors; every other arm completed
@@ -261,7 +263,7 @@ def test_single_arms_reproduce_with_modalrec_train(grid):
     """The report's commands retrain one (arm, seed) with `modalrec train`: same numbers."""
     _, report, _ = grid
     arms = _arms(report)
-    for name, seed in (("frozen-fused", 1), ("ftfeat-image-top1", 2)):
+    for name, seed in (("frozen-fused", 1), ("ftfeat-image-top1", 2), ("frozen-image-two_tower", 1)):
         run = next(r for r in arms[name]["runs"] if r["seed"] == seed)
         words = shlex.split(run["command"])
         assert words[:2] == ["modalrec", "train"] and not any(w.startswith("compare.") for w in words)
@@ -315,7 +317,8 @@ def test_models_that_read_features_themselves_compare_frozen_arms(grid, tmp_path
 
     overrides = [o for o in grid[0] if not o.startswith(("compare.", "features="))]
     both = "features={text: {encoder: text}, image: {encoder: image}}"
-    base = [*overrides, both, "compare.model=itemknncbf", "compare.seeds=[1]", "compare.name=zoo"]
+    base = [*overrides, both, "compare.model=itemknncbf", "compare.finetune_model=null", "compare.seeds=[1]",
+            "compare.name=zoo"]
     with pytest.raises(ConfigError, match=r"compare.finetune: model itemknncbf"):
         run_compare(DEMO, [*base, "compare.finetune=[image]"])
     arms = _arms(run_compare(DEMO, base))
@@ -330,3 +333,145 @@ def test_models_that_read_features_themselves_compare_frozen_arms(grid, tmp_path
     assert arm_test("frozen-text") == pytest.approx(text_only["test"], abs=1e-7)
     assert arm_test("frozen-image") != pytest.approx(arm_test("frozen-text"), abs=1e-6)
     assert arm_test("frozen-fused") != pytest.approx(arm_test("frozen-text"), abs=1e-6)
+
+
+def test_each_arm_trains_its_own_recommender(grid):
+    """The arms reading cached features train `compare.model` (joint), the fine-tuned ones and
+    their frozen counterpart `compare.finetune_model` (two_tower): in each run's saved config, in
+    the report's entries, its header, its tables and the fine-tuning verdict."""
+    import yaml
+
+    _, report, out = grid
+    arms = _arms(report)
+    expected = {"id-only": "joint", "frozen-text": "joint", "frozen-image": "joint", "frozen-fused": "joint",
+                "frozen-image-two_tower": "two_tower", "finetuned-image-top9": "two_tower",
+                "finetuned-image-top1": "two_tower", "ftfeat-image-top1": "joint", "bad-key": "joint"}
+    assert {n: a["model"] for n, a in arms.items()} == expected
+    assert report["model"] == "joint" and report["finetune_model"] == "two_tower"
+    for name, a in arms.items():
+        if a["status"] != "ok":
+            continue
+        for run in a["runs"]:
+            saved = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
+            assert saved["model"]["name"] == expected[name], (name, run["seed"])
+            assert f"model.name={expected[name]}" in shlex.split(run["command"])
+    # the counterpart is the fine-tuned arm's own tower over the frozen image features
+    saved = yaml.safe_load((Path(arms["frozen-image-two_tower"]["runs"][0]["run_dir"]) / "config.yaml").read_text())
+    assert saved["model"]["item_tower"]["features"] == ["image"] and saved["model"]["item_tower"]["ids"] is False
+    assert saved["model"]["two_tower"]["loss"] == "in_batch"
+
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert ("recommenders **joint** (id-only, frozen-text, frozen-image, frozen-fused, ftfeat-image-top1, bad-key); "
+            "**two_tower** (frozen-image-two_tower, finetuned-image-top9, finetuned-image-top1)") in md
+    metrics = md.split("\n## Test metrics\n")[1].split("\n## ")[0]
+    assert "| arm | kind | model |" in metrics
+    for name in ("frozen-fused", "frozen-image-two_tower", "finetuned-image-top1", "ftfeat-image-top1"):
+        assert f"| {name} | {arms[name]['label']} | {expected[name]} |" in metrics
+    image = next(r for r in report["ablation"] if r["modality"] == "image only")
+    assert image["counterpart_arm"] == "frozen-image-two_tower"
+    assert image["counterpart_frozen"] == arms["frozen-image-two_tower"]["test"]["recall@20"]["mean"]
+    assert "| frozen, two_tower |" in md.split("\n## Per-modality ablation\n")[1]
+    ft = report["verdict"]["finetuning"]
+    assert ft["counterpart"] == "frozen-image-two_tower"
+    assert any("against frozen frozen-image-two_tower (both two_tower;" in line for line in report["verdict"]["lines"])
+
+
+def _listing(*overrides, tmp_path):
+    from pipeline.api import compare as run_compare
+
+    base = [f"cache_dir={tmp_path}", f"data.root={tmp_path}/raw", "compare.policies=[full]"]
+    return {a["name"]: a for a in run_compare(DEMO, [*base, *overrides], dry_run=True)["arms"]}
+
+
+def test_frozen_and_finetuned_arms_get_their_own_models(tmp_path):
+    """Frozen arms: joint (model.features only: it reads the features itself); fine-tuned arms and
+    one frozen counterpart per fine-tuned feature: two_tower, with exactly the overrides a one-model
+    two-tower grid gives its fine-tuned and frozen arms; ftfeat arms: joint, against frozen-<f>."""
+    from pipeline.errors import ConfigError
+
+    two = _listing(tmp_path=tmp_path)
+    one = _listing("compare.model=two_tower", "compare.finetune_model=null", tmp_path=tmp_path)
+    feats = ["text", "image", "audio"]
+    frozen = ["id-only", *[f"frozen-{f}" for f in feats], "frozen-fused"]
+    assert list(one) == [*frozen, *[a for f in feats for a in (f"finetuned-{f}-full", f"ftfeat-{f}-full")]]
+    assert list(two) == [*frozen, *[a for f in feats for a in (f"frozen-{f}-two_tower", f"finetuned-{f}-full",
+                                                                f"ftfeat-{f}-full")]]
+    for name in [*frozen, *[f"ftfeat-{f}-full" for f in feats]]:
+        assert two[name]["model"] == "joint" and "model.name=joint" in two[name]["run_overrides"], name
+        assert not any(o.startswith("model.item_tower") for o in two[name]["overrides"]), name
+    for f in feats:
+        tuned, counterpart = two[f"finetuned-{f}-full"], two[f"frozen-{f}-two_tower"]
+        assert tuned["model"] == counterpart["model"] == "two_tower"
+        assert tuned["counterpart"] == f"frozen-{f}-two_tower" and counterpart["kind"] == "counterpart"
+        assert two[f"ftfeat-{f}-full"]["counterpart"] == f"frozen-{f}"
+        # like for like: the same overrides as in the one-model grid, where frozen-<f> is the two-tower's
+        assert tuned["overrides"] == one[f"finetuned-{f}-full"]["overrides"]
+        assert counterpart["overrides"] == one[f"frozen-{f}"]["overrides"]
+        assert "model.name=two_tower" in tuned["run_overrides"]
+        assert "model.name=two_tower" in counterpart["run_overrides"]
+        assert one[f"finetuned-{f}-full"]["counterpart"] == f"frozen-{f}"
+    assert all(a["model"] == "two_tower" for a in one.values())
+    # the same model named twice is one model: the one-model grid
+    same = _listing("compare.model=two_tower", "compare.finetune_model=two_tower", tmp_path=tmp_path)
+    assert list(same) == list(one)
+    for name, a in same.items():
+        assert {**a, "run_overrides": [o for o in a["run_overrides"] if not o.startswith("compare.")]} == \
+            {**one[name], "run_overrides": [o for o in one[name]["run_overrides"] if not o.startswith("compare.")]}
+    # compare.model null: the config's model.name for the frozen arms
+    vbpr = _listing("model.name=vbpr", "compare.model=null", tmp_path=tmp_path)
+    assert {a["model"] for n, a in vbpr.items() if n in frozen} == {"vbpr"}
+    assert vbpr["finetuned-image-full"]["counterpart"] == "frozen-image-two_tower"
+
+    # without per-feature frozen arms the counterpart is still there; skipped, no counterpart is tested
+    lean = _listing("compare.ablation=false", "compare.finetune=[image]", tmp_path=tmp_path)
+    assert list(lean) == ["id-only", "frozen-fused", "frozen-image-two_tower", "finetuned-image-full",
+                          "ftfeat-image-full"]
+    assert lean["finetuned-image-full"]["counterpart"] == "frozen-image-two_tower"
+    assert "counterpart" not in lean["ftfeat-image-full"]
+    skipped = _listing("compare.finetune=[image]", "compare.skip=[frozen-image-two_tower]", tmp_path=tmp_path)
+    assert "counterpart" not in skipped["finetuned-image-full"]
+    assert skipped["ftfeat-image-full"]["counterpart"] == "frozen-image"
+
+    # a budget per recommender: compare.by_model.<model> after compare.common, only on that model's arms
+    budget = _listing("compare.common={train.epochs: 5, train.lr: 0.5}", "compare.by_model={joint: {train.epochs: 70}}",
+                      "compare.finetune=[image]", tmp_path=tmp_path)
+    for name, a in budget.items():
+        run = a["run_overrides"]
+        assert run.index(f"model.name={a['model']}") < run.index("train.epochs=5") < run.index("train.lr=0.5")
+        assert ("train.epochs=70" in run) == (a["model"] == "joint"), name
+        if a["model"] == "joint":
+            assert run.index("train.epochs=5") < run.index("train.epochs=70")
+    with pytest.raises(ConfigError, match=r"compare\.by_model\.nope"):
+        _listing("compare.by_model={nope: {train.epochs: 1}}", tmp_path=tmp_path)
+
+    # the fine-tuned arms' model must take live encoders; null with joint: frozen arms only, as before
+    with pytest.raises(ConfigError, match=r"compare\.finetune_model: model joint .*two_tower"):
+        _listing("compare.finetune_model=joint", tmp_path=tmp_path)
+    assert list(_listing("compare.finetune_model=null", tmp_path=tmp_path)) == frozen
+    with pytest.raises(ConfigError, match=r"compare\.finetune: model joint .*compare\.finetune_model"):
+        _listing("compare.finetune_model=null", "compare.finetune=[image]", tmp_path=tmp_path)
+
+
+def test_an_extra_arm_reports_the_model_it_names(grid):
+    """An extra arm trains the frozen arms' model unless its overrides name another: the report
+    and the reproduce command say which, and the header each recommender's budget."""
+    import yaml
+
+    from pipeline.api import compare as run_compare
+
+    overrides = [o for o in grid[0] if not o.startswith("compare.")]
+    report = run_compare(DEMO, [*overrides, "compare.features=[text]", "compare.finetune=[]", "compare.seeds=[1]",
+                                "compare.name=extra", "compare.by_model={joint: {train.epochs: 3}}",
+                                "compare.arms={bpr-ids: {model.name: bpr, train.epochs: 1}}"])
+    arms = _arms(report)
+    assert {n: (a["status"], a["model"]) for n, a in arms.items()} == {
+        "id-only": ("ok", "joint"), "frozen-text": ("ok", "joint"), "bpr-ids": ("ok", "bpr")}
+    run = arms["bpr-ids"]["runs"][0]
+    assert yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())["model"]["name"] == "bpr"
+    words = shlex.split(run["command"])
+    assert words.index("model.name=joint") < words.index('model.name="bpr"')  # its own override wins
+    assert {n: (a["budget"]["epochs"], a["cost"]["epochs"]) for n, a in arms.items()} == {
+        "id-only": (3, 3), "frozen-text": (3, 3), "bpr-ids": (1, 1)}
+    assert "train.epochs=3" in shlex.split(arms["frozen-text"]["runs"][0]["command"])
+    md = (Path(report["report_dir"]) / "report.md").read_text(encoding="utf-8")
+    assert "Budget per recommender: **joint**: up to 3 epochs" in md and "; **bpr**: up to 1 epochs" in md

@@ -1,5 +1,7 @@
-"""``modalrec compare``: frozen vs fine-tuned item towers on one data set, one split, one
-recommender and one budget, over several seeds, with a report (``report.md`` / ``.json`` / PNGs).
+"""``modalrec compare``: frozen vs fine-tuned item towers on one data set and one split, over
+several seeds, with a report (``report.md`` / ``.json`` / PNGs). The frozen arms train one
+recommender (``compare.model``), the fine-tuned arms another that takes live encoders
+(``compare.finetune_model``), each with its budget; ``arms.py`` says which arm trains which.
 
 - ``arms.py``        the grid: which overrides make each arm
 - ``run.py``         the plan (arms, shared config), then training every (arm, seed) resumably

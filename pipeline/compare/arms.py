@@ -1,21 +1,37 @@
 """The arms of a comparison: each one is a list of config overrides applied to the compare config.
 
-Every arm trains the same recommender (``compare.model``) with the same `train` and `eval`
-sections; arms differ only in the content the model reads (and, for ``ftfeat`` arms, in one
-feature set). A model whose content enters through its item tower (two-tower, VBPR, ...) gets
-the arm's tower; a model that reads feature sets on its own (FREEDOM and the graph models of the
-zoo build item-item graphs from them) keeps its own tower and gets the arm's feature sets as
-``model.features``. Such models take no live encoders, so they compare frozen arms only:
+Every arm trains with the same `train` and `eval` sections; arms differ in the content the model
+reads (and, for ``ftfeat`` arms, in one feature set) and, between frozen and fine-tuned arms, in
+the recommender. The arms reading cached features train ``compare.model`` (default ``joint``,
+the demo's content model); the arms fine-tuning an encoder end to end train
+``compare.finetune_model`` (default ``two_tower``): ``joint`` and the graph models propagate over
+the whole catalog each step, so they take no live encoders. When the two differ, each fine-tuned
+feature gets one more frozen arm trained with the fine-tuned arms' model, ``frozen-<feature>-<model>``,
+and the fine-tuned arms are tested against it: fine-tuning is judged against the same
+recommender reading the same encoder frozen (like for like), not against another model.
+``compare.finetune_model: null`` trains one model for everything, as before.
 
-==============================  ============================================================
-``id-only``                     item ids, no content
-``frozen-<feature>``            one cached feature set (the per-modality ablation)
-``frozen-fused``                every compared feature set, fused
-``finetuned-<feature>-<p>``     the feature's encoder trained end to end with policy ``p``
-``ftfeat-<feature>-<p>``        the features that fine-tuned encoder writes, fed back to the
-                                frozen model (same seed as the fine-tuning run)
-extra (``compare.arms``)        any overrides, on top of the common ones
-==============================  ============================================================
+A model whose content enters through its item tower (two-tower, VBPR, ...) gets the arm's tower;
+a model that reads feature sets on its own (joint, FREEDOM and the graph models of the zoo) keeps
+its own tower and gets the arm's feature sets as ``model.features``.
+
+==================================  ========================================================
+``id-only``                         item ids, no content (``compare.model``)
+``frozen-<feature>``                one cached feature set, the per-modality ablation (``compare.model``)
+``frozen-fused``                    every compared feature set, fused (``compare.model``)
+``frozen-<feature>-<model>``        the fine-tuned arms' counterpart: one cached feature set,
+                                    ``compare.finetune_model``, only when it differs from ``compare.model``
+``finetuned-<feature>-<p>``         the feature's encoder trained end to end with policy ``p``
+                                    (``compare.finetune_model``)
+``ftfeat-<feature>-<p>``            the features that fine-tuned encoder writes, fed back to the
+                                    frozen model (``compare.model``, same seed as the fine-tuning
+                                    run); tested against ``frozen-<feature>``
+extra (``compare.arms``)            any overrides, on top of the common ones (``compare.model``
+                                    unless they name ``model.name``)
+==================================  ========================================================
+
+Every arm gets ``compare.common``, then ``compare.by_model.<its model>``: a budget per recommender,
+so the fine-tuned arms and their counterpart always share theirs.
 
 Policies (``compare.policies``): ``frozen``, ``full``, ``bias``, ``top-k:N``, ``lora`` /
 ``lora:R``, and ``cached-top-k:N`` (top-k with the hidden states below the trained blocks cached).
@@ -39,8 +55,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 @dataclass
 class Arm:
     name: str
-    kind: str  # id | frozen | fused | finetuned | ftfeat | custom
+    kind: str  # id | frozen | fused | counterpart | finetuned | ftfeat | custom
     overrides: list[str]  # this arm's own overrides (the common ones and the seed come on top)
+    model: str | None = None  # the recommender it trains (a custom arm's overrides may name another)
     features: list[str] = field(default_factory=list)  # cached feature sets it reads
     feature: str | None = None  # finetuned / ftfeat: the feature set whose encoder is fine-tuned
     encoder: str | None = None
@@ -112,10 +129,33 @@ def as_overrides(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def common_overrides(cfg: Config, runs_dir: Path, arm: str) -> list[str]:
-    """What every arm shares: the recommender, one seed per run, and where its runs go."""
-    out = [f"model.name={cfg.compare.model}"] if cfg.compare.model else []
-    out += as_overrides(cfg.compare.common)
+def compared_models(cfg: Config) -> tuple[str, str]:
+    """The recommender of the arms reading cached features (``compare.model``; null: ``model.name``)
+    and of the arms fine-tuning encoders (``compare.finetune_model``; null: the same one). The
+    fine-tuned arms' model must take live encoders; with it null, a frozen model that takes none
+    leaves the grid without fine-tuned arms (``build_arms``)."""
+    c = cfg.compare
+    if cfg.model is None and c.model is None:
+        raise ConfigError("compare.model is null and the config has no `model` section: name the recommender")
+    frozen = c.model or cfg.model.name
+    if c.finetune_model is not None and MODELS.get(c.finetune_model).no_live_encoders:
+        takers = [n for n in MODELS if not MODELS.get(n).no_live_encoders]
+        raise ConfigError(f"compare.finetune_model: model {c.finetune_model} "
+                          f"{MODELS.get(c.finetune_model).no_live_encoders}; the fine-tuned arms train their "
+                          f"encoders through the model's item tower: pick one of {', '.join(takers)}")
+    return frozen, c.finetune_model or frozen
+
+
+def model_overrides(cfg: Config, model: str) -> list[str]:
+    """The recommender ``model`` (an arm's), then ``compare.common`` and ``compare.by_model.<model>``."""
+    by_model = cfg.compare.by_model.get(model, {})
+    return [f"model.name={model}", *as_overrides(cfg.compare.common), *as_overrides(by_model)]
+
+
+def common_overrides(cfg: Config, runs_dir: Path, arm: str, model: str) -> list[str]:
+    """What the arms of one recommender share (``model_overrides``), one seed per run, and where
+    its runs go."""
+    out = model_overrides(cfg, model)
     return [*out, "train.seeds=null", f"train.runs_dir={json.dumps(str(runs_dir))}", f"train.run_name={arm}"]
 
 
@@ -132,20 +172,21 @@ def build_arms(cfg: Config) -> list[Arm]:
     """The grid the `compare` section describes, in the order it runs (a fine-tuned arm before
     the arm that reads its features)."""
     c = cfg.compare
-    if cfg.model is None and c.model is None:
-        raise ConfigError("compare.model is null and the config has no `model` section: name the recommender")
+    frozen_model, tuned_model = compared_models(cfg)
     features = compared_features(cfg)
     by_encoder: dict[str, list[str]] = {}
     for n in features:
         if cfg.features[n].encoder is not None and getattr(cfg.features[n], "run", None) is None:
             by_encoder.setdefault(cfg.features[n].encoder, []).append(n)
-    spec = MODELS.get(c.model or cfg.model.name)
-    # content read by the model itself, not its tower: FREEDOM's kNN graph, the zoo's graph models
-    reads_itself = bool(spec().extra_features(["a", "b"]))
-    if spec.no_live_encoders and c.finetune:
-        raise ConfigError(f"compare.finetune: model {spec.name} {spec.no_live_encoders}; compare its frozen arms "
-                          "with compare.finetune: [] or pick a model that takes live encoders (two_tower)")
-    finetune = ([] if spec.no_live_encoders else list(by_encoder)) if c.finetune is None else list(c.finetune)
+    # content read by the model itself, not its tower: joint, FREEDOM's kNN graph, the zoo's graph models
+    reads_itself = bool(MODELS.get(frozen_model)().extra_features(["a", "b"]))
+    tuned_reads_itself = bool(MODELS.get(tuned_model)().extra_features(["a", "b"]))
+    tuned_spec = MODELS.get(tuned_model)
+    if tuned_spec.no_live_encoders and c.finetune:
+        raise ConfigError(f"compare.finetune: model {tuned_model} {tuned_spec.no_live_encoders}; compare its frozen "
+                          "arms with compare.finetune: [] or set compare.finetune_model to a model that takes live "
+                          "encoders (two_tower)")
+    finetune = ([] if tuned_spec.no_live_encoders else list(by_encoder)) if c.finetune is None else list(c.finetune)
     for e in finetune:
         if e not in cfg.encoders:
             raise ConfigError(f"compare.finetune: no encoder {e!r} in `encoders` ({sorted(cfg.encoders)})")
@@ -165,30 +206,39 @@ def build_arms(cfg: Config) -> list[Arm]:
 
     arms: list[Arm] = []
     if c.id_only:
-        arms.append(Arm("id-only", "id", _content(reads_itself, True, [])))
-    if len(features) == 1 or c.ablation:
-        arms += [Arm(f"frozen-{n}", "frozen", _content(reads_itself, False, [n]), features=[n]) for n in features]
+        arms.append(Arm("id-only", "id", _content(reads_itself, True, []), frozen_model))
+    frozen_alone = len(features) == 1 or c.ablation
+    if frozen_alone:
+        arms += [Arm(f"frozen-{n}", "frozen", _content(reads_itself, False, [n]), frozen_model, features=[n])
+                 for n in features]
     if len(features) > 1:
-        arms.append(Arm("frozen-fused", "fused", _content(reads_itself, False, features), features=list(features)))
+        arms.append(Arm("frozen-fused", "fused", _content(reads_itself, False, features), frozen_model,
+                        features=list(features)))
     for e in finetune:
         for n in by_encoder[e]:
             src = cfg.features[n]
+            # a fine-tuned arm is tested against the frozen encoder under its own recommender
+            frozen_n = f"frozen-{n}" if frozen_alone else None
+            counterpart = frozen_n
+            if tuned_model != frozen_model and c.policies:
+                counterpart = f"frozen-{n}-{tuned_model}"
+                arms.append(Arm(counterpart, "counterpart", _content(tuned_reads_itself, False, [n]), tuned_model,
+                                features=[n], feature=n))
             for p in c.policies:
                 name = f"finetuned-{n}-{policy_slug(p)}"
-                counterpart = f"frozen-{n}" if (len(features) == 1 or c.ablation) else None
-                arms.append(Arm(name, "finetuned", _tower(False, [], {e: _live(p, src.field)}), feature=n,
+                arms.append(Arm(name, "finetuned", _tower(False, [], {e: _live(p, src.field)}), tuned_model, feature=n,
                                 encoder=e, policy=str(p), counterpart=counterpart))
                 if p in ft_feat:
                     ft_name = f"ft_{n}_{policy_slug(p)}".replace("-", "_").replace(".", "_")
                     arms.append(Arm(f"ftfeat-{n}-{policy_slug(p)}", "ftfeat", _content(reads_itself, False, [ft_name]),
-                                    features=[ft_name], feature=n, encoder=e, policy=str(p), counterpart=counterpart,
-                                    depends_on=name, ft_feature=ft_name, field=src.field))
+                                    frozen_model, features=[ft_name], feature=n, encoder=e, policy=str(p),
+                                    counterpart=frozen_n, depends_on=name, ft_feature=ft_name, field=src.field))
     for name, keys in c.arms.items():
         if not _NAME.fullmatch(name):
             raise ConfigError(f"compare.arms.{name}: an arm name is letters, digits, '_', '.', '-' (it names a folder)")
         if not isinstance(keys, dict):
             raise ConfigError(f"compare.arms.{name}: give a mapping of dotted config keys to values")
-        arms.append(Arm(name, "custom", as_overrides(keys)))
+        arms.append(Arm(name, "custom", as_overrides(keys), frozen_model))
 
     names = [a.name for a in arms]
     dupes = sorted({n for n in names if names.count(n) > 1})

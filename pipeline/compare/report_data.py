@@ -1,6 +1,8 @@
 """The comparison report's numbers (``report.json``): per arm the test and validation metrics as
 mean ± std over seeds, learning curves, cost, paired significance tests over the test users
 against the baseline and the frozen counterpart, the per-modality ablation and the verdict.
+Each arm's entry names the recommender it trained (``model``); the top-level ``model`` is the
+frozen arms' (``compare.model``), ``finetune_model`` the fine-tuned arms'.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ from ..config import Config
 from ..content import field_modality
 from ..data import PreparedData
 from ..errors import ConfigError
-from .arms import Arm, as_overrides
+from .arms import Arm, compared_models, model_overrides
 from .formats import p_value
 from .per_user import load_per_user
 from .stats import holm, mean_std, paired_test
 
 ALPHA = 0.05
-KIND_LABEL = {"id": "ID only", "frozen": "frozen", "fused": "frozen, fused", "finetuned": "fine-tuned",
+KIND_LABEL = {"id": "ID only", "frozen": "frozen", "fused": "frozen, fused",
+              "counterpart": "frozen, fine-tuned arms' model", "finetuned": "fine-tuned",
               "ftfeat": "fine-tuned features, frozen model", "custom": "extra"}
+
+
+def train_budget(cfg: Config) -> dict[str, Any]:
+    """What a run's training was allowed: the report's budget of one arm."""
+    return {k: getattr(cfg.train, k) for k in ("epochs", "patience", "lr", "batch_size", "optimizer")} | \
+        {"encoder_lr": getattr(cfg.train, "encoder_lr", None)}
 
 
 def _modality(cfg: Config, data: PreparedData, feature: str) -> str:
@@ -66,10 +75,7 @@ def _command(context: dict, cfg: Config, arm: Arm, seed_overrides: list[str]) ->
     from ..config_tree import parse_overrides
 
     user = [f"{k}={v}" for k, v in parse_overrides(context["overrides"]) if k != "compare" and not k.startswith("compare.")]
-    parts = ["modalrec", "train", context["config"], *user]
-    if cfg.compare.model:
-        parts.append(f"model.name={cfg.compare.model}")
-    parts += as_overrides(cfg.compare.common)
+    parts = ["modalrec", "train", context["config"], *user, *model_overrides(cfg, arm.model)]
     if context.get("train_seeds_set"):
         parts.append("train.seeds=null")
     parts += [*arm.overrides, *seed_overrides]
@@ -88,8 +94,10 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
     users_ref: np.ndarray | None = None
     for arm in arms:
         o = outcomes[arm.name]
-        entry: dict[str, Any] = {**arm.to_dict(), "label": KIND_LABEL[arm.kind], "status": o["status"],
-                                 "error": o["error"], "runs": []}
+        entry: dict[str, Any] = {**arm.to_dict(), "model": o.get("model") or arm.model, "label": KIND_LABEL[arm.kind],
+                                 "status": o["status"], "error": o["error"], "runs": []}
+        if o.get("budget"):
+            entry["budget"] = o["budget"]
         for s in o["seeds"]:
             run = {k2: s.get(k2) for k2 in ("seed", "status", "run_dir", "seconds", "error", "traceback")
                    if s.get(k2) is not None}
@@ -174,13 +182,12 @@ def build_report(cfg: Config, data: PreparedData, arms: list[Arm], outcomes: dic
     report = {
         "title": f"Frozen vs fine-tuned on {cfg.data.name}",
         "data": cfg.data.name, "split": data.meta.get("protocol", cfg.data.split.protocol),
-        "model": cfg.model.name, "metric": metric, "shown_metrics": shown,
+        "model": cfg.model.name, "finetune_model": compared_models(cfg)[1], "metric": metric, "shown_metrics": shown,
         "slice_metrics": [x for x in (f"recall@{k}", f"ndcg@{k}") if x.split("@")[0] in cfg.eval.metrics] or [metric],
         "long_tail_share": cfg.eval.long_tail_share if cfg.eval.long_tail_slice else None,
         "valid_metric": cfg.train.valid_metric, "baseline": baseline, "seeds": context["seeds"], "alpha": ALPHA,
         "users": int(len(users_ref)) if users_ref is not None else 0,
-        "budget": {k2: getattr(cfg.train, k2) for k2 in ("epochs", "patience", "lr", "batch_size", "optimizer")}
-        | {"encoder_lr": getattr(cfg.train, "encoder_lr", None)},
+        "budget": train_budget(cfg),
         "device": _device(), "config": context["config"], "overrides": context["overrides"],
         "compare_dir": context["compare_dir"], "extraction": context["extraction"],
         "extraction_costs": costs, "extraction_errors": context["extraction_errors"],
@@ -199,7 +206,8 @@ def _device() -> str:
 
 def _ablation(cfg: Config, data: PreparedData, arms: list[Arm], entries: dict, metric: str) -> list[dict]:
     """One row per modality (image only / text only / audio only / fused): frozen, the best
-    fine-tuned arm of that feature, and the best arm feeding its fine-tuned features back."""
+    fine-tuned arm of that feature (and, when it trains another recommender, its frozen
+    counterpart), and the best arm feeding its fine-tuned features back."""
 
     def value(name):
         e = entries.get(name)
@@ -220,6 +228,9 @@ def _ablation(cfg: Config, data: PreparedData, arms: list[Arm], entries: dict, m
             "frozen": value(a.name)}
         if feature is not None:
             row["finetuned_best"], row["finetuned_arm"] = best("finetuned", feature)
+            ref = next((b.counterpart for b in arms if b.name == row["finetuned_arm"]), None)
+            if ref is not None and ref != a.name and value(ref) is not None:
+                row["counterpart_frozen"], row["counterpart_arm"] = value(ref)["mean"], ref
             row["ftfeat_best"], row["ftfeat_arm"] = best("ftfeat", feature)
         rows.append(row)
     return rows
@@ -282,11 +293,13 @@ def _verdict(report: dict, entries: dict, ok: list[Arm], metric: str) -> dict[st
             sig = ref["p_ttest"] < ALPHA and ref["diff"] > 0
             ratio = None
             base_cost = entries[fe["counterpart"]]["cost"]["total_seconds"]
+            pair = (fe["model"], entries[fe["counterpart"]]["model"])
+            models = f"both {pair[0]}" if pair[0] == pair[1] else f"{pair[0]} against {pair[1]}"
             if base_cost:
                 ratio = fe["cost"]["total_seconds"] / base_cost
             lines.append(
                 f"Fine-tuning: the best fine-tuned arm, **{name}**, is {ref['diff']:+.4f} test {metric} against "
-                f"frozen {fe['counterpart']} (paired t-test p = {p_value(ref['p_ttest'])}) "
+                f"frozen {fe['counterpart']} ({models}; paired t-test p = {p_value(ref['p_ttest'])}) "
                 + (f"for {ratio:.1f}x its cost" if ratio else "")
                 + (": worth it on accuracy here." if sig else ": no significant gain here."))
             out["finetuning"] = {"arm": name, "counterpart": fe["counterpart"], "diff": ref["diff"],

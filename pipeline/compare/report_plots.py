@@ -9,8 +9,8 @@ import numpy as np
 
 from .report_data import ok_arms
 
-KIND_COLOR = {"id": "#888888", "frozen": "#4C72B0", "fused": "#1f3b73", "finetuned": "#DD8452",
-              "ftfeat": "#55A868", "custom": "#8172B3"}
+KIND_COLOR = {"id": "#888888", "frozen": "#4C72B0", "fused": "#1f3b73", "counterpart": "#64B5CD",
+              "finetuned": "#DD8452", "ftfeat": "#55A868", "custom": "#8172B3"}
 
 
 def _figure(width: float = 7.0, height: float = 4.0):
@@ -94,7 +94,8 @@ def plot_ablation(report: dict, path: Path) -> None:
     ax = fig.add_subplot()
     x = np.arange(len(rows))
     series = [("frozen", "frozen")] + [(k, label) for k, label in (
-        ("finetuned_best", "best fine-tuned"), ("ftfeat_best", "fine-tuned features, frozen model"))
+        ("counterpart_frozen", "frozen, fine-tuned arms' model"), ("finetuned_best", "best fine-tuned"),
+        ("ftfeat_best", "fine-tuned features, frozen model"))
         if any(r.get(k) is not None for r in rows)]
     width = 0.8 / len(series)
     for i, (key, label) in enumerate(series):

@@ -18,13 +18,10 @@ def blocks(report: dict) -> list[tuple]:
     m, base = report["metric"], report["baseline"]
     arms = report["arms"]
     ok = ok_arms(report)
-    b = report["budget"]
     out: list[tuple] = [("h1", report["title"])]
-    out.append(("p", f"Data **{report['data']}** (split `{report['split']}`), recommender **{report['model']}**, "
-                     f"seeds {report['seeds']}, {report['users']:,} test users. Same budget for every arm: up to "
-                     f"{b['epochs']} epochs, early stopping on valid {report['valid_metric']} (patience "
-                     f"{b['patience']}), lr {b['lr']}" + (f", encoder lr {b['encoder_lr']}" if b.get("encoder_lr") else "")
-                + f", batch {b['batch_size']}. Device: {report['device']}. Baseline for significance: **{base}**."))
+    out.append(("p", f"Data **{report['data']}** (split `{report['split']}`), {_recommenders(report)}, "
+                     f"seeds {report['seeds']}, {report['users']:,} test users. {_budgets(report)} "
+                     f"Device: {report['device']}. Baseline for significance: **{base}**."))
 
     out.append(("h2", "Verdict"))
     out.append(("list", report["verdict"]["lines"]))
@@ -33,16 +30,17 @@ def blocks(report: dict) -> list[tuple]:
     out.append(("p", f"Mean ± std over seeds. Δ and p-values: paired over the test users against **{base}** "
                      f"on {m}, each user's value averaged over seeds first (t-test and Wilcoxon signed-rank; Holm "
                      f"adjusts the t-test p-values for the number of arms). \"vs frozen\": a fine-tuned arm "
-                     f"against the frozen arm of the same features."))
+                     f"against the frozen arm of the same features and recommender."))
     rows = []
     for a in ok:
         vs, ref = a.get("vs_baseline") or {}, a.get("vs_counterpart") or {}
-        rows.append([a["name"], a["label"], *[mean_pm(a["test"].get(x)) for x in report["shown_metrics"]],
+        rows.append([a["name"], a["label"], a.get("model", report["model"]),
+                     *[mean_pm(a["test"].get(x)) for x in report["shown_metrics"]],
                      "baseline" if a["name"] == base else signed(vs.get("diff")),
                      p_value(vs.get("p_ttest")) if vs else "", p_value(vs.get("p_holm")) if vs else "",
                      p_value(vs.get("p_wilcoxon")) if vs else "",
                      (f"{signed(ref.get('diff'))} (p {p_value(ref.get('p_ttest'))})" if ref else "")])
-    out.append(("table", ["arm", "kind", *[f"{x}" for x in report["shown_metrics"]], f"Δ {m}", "p (t)",
+    out.append(("table", ["arm", "kind", "model", *[f"{x}" for x in report["shown_metrics"]], f"Δ {m}", "p (t)",
                           "p (Holm)", "p (Wilcoxon)", "vs frozen"], rows))
     drift = [a for a in ok if (a.get("reeval_max_abs_diff") or 0) > 1e-4]
     if drift:
@@ -84,14 +82,21 @@ def blocks(report: dict) -> list[tuple]:
 
     out.append(("h2", "Per-modality ablation"))
     if report["ablation"]:
+        counterparts = any(r.get("counterpart_arm") for r in report["ablation"])
         rows = [[r["modality"], r["arm"], mean_pm(r.get("frozen")),
+                 *([f"{number(r.get('counterpart_frozen'))} ({r['counterpart_arm']})" if r.get("counterpart_arm")
+                    else ""] if counterparts else []),
                  f"{number(r.get('finetuned_best'))} ({r['finetuned_arm']})" if r.get("finetuned_arm") else "",
                  f"{number(r.get('ftfeat_best'))} ({r['ftfeat_arm']})" if r.get("ftfeat_arm") else ""]
                 for r in report["ablation"]]
         out.append(("p", f"Test {m}: each modality alone and fused, frozen; next to it the best fine-tuned arm of "
-                         "that modality and the best arm feeding its fine-tuned features to the frozen model."))
-        out.append(("table", ["modality", "frozen arm", f"frozen {m}", "best fine-tuned", "fine-tuned features"],
-                    rows))
+                         "that modality and the best arm feeding its fine-tuned features to the frozen model"
+                    + (f" ({report['model']})" if counterparts else "") + "."
+                    + (f" The fine-tuned arms train {report.get('finetune_model')}: the frozen arm of the same "
+                       "recommender is shown before them." if counterparts else "")))
+        out.append(("table", ["modality", "frozen arm", f"frozen {m}",
+                              *([f"frozen, {report.get('finetune_model')}"] if counterparts else []),
+                              "best fine-tuned", "fine-tuned features"], rows))
         out.append(("img", "ablation.png", "per-modality ablation"))
     else:
         out.append(("p", "No frozen feature arms in this grid."))
@@ -113,6 +118,33 @@ def blocks(report: dict) -> list[tuple]:
                      "machine it gives the same numbers."))
     out.append(("pre", "\n".join(f"# {a['name']} seed {r['seed']}\n{r['command']}" for a in arms for r in a["runs"])))
     return out
+
+
+def _recommenders(report: dict) -> str:
+    """Which recommender the arms trained: one, or each with its arms (reports written before
+    the arms had their own ``model`` name one for all)."""
+    by_model: dict[str, list[str]] = {}
+    for a in report["arms"]:
+        by_model.setdefault(a.get("model", report["model"]), []).append(a["name"])
+    if len(by_model) <= 1:
+        return f"recommender **{next(iter(by_model), report['model'])}**"
+    return "recommenders " + "; ".join(f"**{m}** ({', '.join(names)})" for m, names in by_model.items())
+
+
+def _budgets(report: dict) -> str:
+    """The arms' budget: one for all, or one per recommender (``compare.by_model``)."""
+    def words(b: dict) -> str:
+        return (f"up to {b['epochs']} epochs, early stopping on valid {report['valid_metric']} (patience "
+                f"{b['patience']}), lr {b['lr']}" + (f", encoder lr {b['encoder_lr']}" if b.get("encoder_lr") else "")
+                + f", batch {b['batch_size']}")
+
+    by_model: dict[str, dict] = {}
+    for a in report["arms"]:
+        by_model.setdefault(a.get("model", report["model"]), a.get("budget") or report["budget"])
+    if len({words(b) for b in by_model.values()}) <= 1:
+        return f"Same budget for every arm: {words(report['budget'])}."
+    return "Budget per recommender: " + "; ".join(
+        f"**{m}**: {words(b)}" for m, b in by_model.items()) + "."
 
 
 def _slices(report: dict, ok: list[dict]) -> list[tuple]:

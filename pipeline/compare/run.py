@@ -29,8 +29,9 @@ from ..atomic import write_json_atomic
 from ..config import Config, load_config
 from ..data import PreparedData
 from ..errors import ConfigError
-from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features
+from .arms import Arm, baseline_arm, build_arms, common_overrides, compared_features, compared_models
 from .per_user import PER_USER, per_user_metrics, save_per_user
+from .report_data import train_budget
 
 _STAMP_FORMAT = 1
 
@@ -129,7 +130,7 @@ class ComparePlan:
     config: str | Path | Config  # what each arm's config is loaded from, with the arm's overrides
     overrides: list[str]
     cfg: Config
-    shared: Config  # every arm's common part (recommender, compare.common): budget and evaluation
+    shared: Config  # every arm's common part (compare.common, the frozen arms' recommender): budget and evaluation
     arms: list[Arm]
     baseline: str
     metric: str
@@ -144,7 +145,7 @@ class ComparePlan:
 
     def arm_overrides(self, arm: Arm, seed: int) -> list[str]:
         runs = self.root / "runs"
-        return [*self.overrides, *common_overrides(self.cfg, runs, arm.name), *arm.overrides,
+        return [*self.overrides, *common_overrides(self.cfg, runs, arm.name, arm.model), *arm.overrides,
                 *arm.seed_overrides(seed, lambda name, s: runs / f"{name}-s{s}")]
 
     def listing(self) -> dict[str, Any]:
@@ -159,7 +160,9 @@ def plan_compare(config: str | Path | Config, overrides: list[str] | None = None
     cfg = load_config(config, overrides)
     arms = build_arms(cfg)
     baseline = baseline_arm(cfg, arms)
-    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared")])
+    frozen_model, _ = compared_models(cfg)
+    shared = load_config(config, [*overrides, *common_overrides(cfg, compare_dir(cfg) / "runs", "shared",
+                                                                 frozen_model)])
     return ComparePlan(config, overrides, cfg, shared, arms, baseline, check_metric(shared))
 
 
@@ -206,6 +209,8 @@ def run_compare(plan: ComparePlan, data: PreparedData, accelerator=None,
                 if blocked:
                     raise _Blocked(blocked)
                 acfg = load_config(config, record["overrides"])
+                # what it trained, and with what budget: a custom arm's overrides may name another model
+                out.update(model=acfg.model.name, budget=train_budget(acfg))
                 run_dir = run_dir_for(acfg, seed)
                 record["run_dir"] = str(run_dir)
                 digest = config_hash(acfg, data, hashes.get((arm.depends_on, seed), ""))
