@@ -321,7 +321,9 @@ def test_models_that_read_features_themselves_compare_frozen_arms(grid, tmp_path
             "compare.name=zoo"]
     with pytest.raises(ConfigError, match=r"compare.finetune: model itemknncbf"):
         run_compare(DEMO, [*base, "compare.finetune=[image]"])
-    arms = _arms(run_compare(DEMO, base))
+    report = run_compare(DEMO, base)
+    assert report["model"] == "itemknncbf"  # the frozen arms' model
+    arms = _arms(report)
     assert set(arms) == {"id-only", "frozen-text", "frozen-image", "frozen-fused"}
     assert arms["id-only"]["status"] == "failed" and "itemknncbf" in arms["id-only"]["error"]
 
