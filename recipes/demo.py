@@ -43,9 +43,13 @@ METRIC = "recall@20"
 def quick_overrides() -> list[str]:
     """A smaller demo through the same steps: its own cache, fewer items, epochs and seeds."""
     quick = REPO / "cache" / "quick"
-    budget = {**load_config(COMPARE).compare.common, "train.epochs": 1, "train.patience": 1}
+    compare = load_config(COMPARE).compare
+    budget = {**compare.common, "train.epochs": 1, "train.patience": 1}
+    # a recommender's own budget (compare.by_model) would otherwise restore its full epochs
+    by_model = {m: {**b, "train.epochs": 2, "train.patience": 1} for m, b in compare.by_model.items()}
     return [f"cache_dir={quick}", f"data.root={quick / 'demo-raw'}", "data.demo.n_items=300",
-            "data.demo.n_users=300", "train.epochs=2", "compare.seeds=[1]", f"compare.common={json.dumps(budget)}"]
+            "data.demo.n_users=300", "train.epochs=2", "compare.seeds=[1]", f"compare.common={json.dumps(budget)}",
+            f"compare.by_model={json.dumps(by_model)}"]
 
 
 def _value(arm: dict, key: str, seeds: int) -> str:

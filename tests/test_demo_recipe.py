@@ -59,3 +59,6 @@ def test_quick_runs_the_same_configs_smaller_under_its_own_cache():
     assert {k: v for k, v in small.compare.common.items() if k not in ("train.epochs", "train.patience")} == \
         {k: v for k, v in full.compare.common.items() if k not in ("train.epochs", "train.patience")}
     assert small.encoders == full.encoders and small.compare.policies == full.compare.policies
+    assert small.compare.by_model.keys() == full.compare.by_model.keys() and full.compare.by_model
+    for model, budget in small.compare.by_model.items():  # no recommender gets its full epochs back
+        assert budget["train.epochs"] <= 2 < full.compare.by_model[model]["train.epochs"], model
