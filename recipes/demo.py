@@ -70,12 +70,15 @@ def summary(report_dir: Path) -> str:
     if tuned is not None:
         rows += [(f"frozen {tuned['feature']}", arms.get(tuned.get("counterpart", ""))),
                  (f"fine-tuned {tuned['feature']} ({tuned['policy']})", tuned)]
-    seeds = len(report["seeds"])
+    models = {arm.get("model") for _, arm in rows if arm is not None}
+    if len(models) > 1:  # frozen arms and fine-tuned ones train different recommenders: say which
+        rows = [(f"{label} [{arm.get('model')}]" if arm is not None else label, arm) for label, arm in rows]
+    seeds, width = len(report["seeds"]), max(36, *(len(label) for label, _ in rows))
     lines = [f"\n== summary: test {METRIC}" + (f", mean ± std over {seeds} seeds" if seeds > 1 else "") + " ==",
-             f"{'':<36} {'all test items':>17} {'cold-start items':>17}"]
+             f"{'':<{width}} {'all test items':>17} {'cold-start items':>17}"]
     for label, arm in rows:
         if arm is not None:
-            lines.append(f"{label:<36} {_value(arm, METRIC, seeds):>17} {_value(arm, 'cold/' + METRIC, seeds):>17}")
+            lines.append(f"{label:<{width}} {_value(arm, METRIC, seeds):>17} {_value(arm, 'cold/' + METRIC, seeds):>17}")
     lines.append(f"report: {report_dir / 'report.md'} (and report.json, report.html, plots)")
     return "\n".join(lines)
 

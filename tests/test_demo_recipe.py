@@ -47,6 +47,24 @@ def test_summary_shows_ids_frozen_and_the_best_fine_tuned_arm_against_its_frozen
     assert "±" not in one_seed and "0.1280" in one_seed
 
 
+def test_summary_names_each_rows_recommender_when_they_differ(tmp_path):
+    """compare_demo's frozen arms train joint and its fine-tuned arm a two-tower: the summary says
+    which row is which, so the fine-tuned row reads against the frozen two-tower row."""
+    report = {"seeds": [1], "baseline": "frozen-fused", "arms": [
+        {**_arm("id-only", "id", 0.2, 0.0), "model": "joint"},
+        {**_arm("frozen-fused", "fused", 0.27, 0.17), "model": "joint"},
+        {**_arm("frozen-image-two_tower", "counterpart", 0.15, 0.15), "model": "two_tower"},
+        {**_arm("finetuned-image-cached-top1", "finetuned", 0.13, 0.14, feature="image", policy="cached-top-k:1",
+                counterpart="frozen-image-two_tower"), "model": "two_tower"},
+    ]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    lines = _demo().summary(tmp_path).splitlines()
+    labels = [ln.rsplit(None, 2)[0].strip() for ln in lines[3:-1]]
+    assert labels == ["ids only [joint]", "frozen, all features [joint]", "frozen image [two_tower]",
+                      "fine-tuned image (cached-top-k:1) [two_tower]"]
+    assert lines[5].split()[-2:] == ["0.1500", "0.1500"]
+
+
 def test_quick_runs_the_same_configs_smaller_under_its_own_cache():
     from pipeline.config import load_config
 
