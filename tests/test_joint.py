@@ -103,6 +103,22 @@ def test_auto_offset_takes_the_largest_offset_within_the_warm_cost():
     assert float(fixed.cold_offset) == pytest.approx(0.4)
 
 
+def test_weights_saved_without_the_offset_load_at_the_configured_one():
+    """A run saved before the offset was saved with the weights: its config's fixed offset (the
+    one the model is built with) stays; a saved offset replaces it."""
+    old = model(cold_offset=0.7).eval()
+    state = {k: v for k, v in old.state_dict().items() if k != "cold_offset"}
+    again = model(cold_offset=0.7).eval()  # the same content (not saved), other weights until loaded
+    with torch.no_grad():
+        for p in again.parameters():
+            p.add_(1.0)
+    again.load_state_dict(state)
+    assert float(again.cold_offset) == pytest.approx(0.7)
+    assert torch.equal(again.score(torch.arange(N_USERS)), old.score(torch.arange(N_USERS)))
+    again.load_state_dict({**state, "cold_offset": torch.tensor(1.25)})
+    assert float(again.cold_offset) == 1.25
+
+
 def test_auto_offset_equals_a_grid_search_with_a_real_evaluator():
     """The bisection against the plain search: every offset on the 1/32 grid of the range,
     validation warm recall@3 by the evaluator, the largest that keeps 1 - warm_cost of it."""

@@ -153,6 +153,12 @@ class JointRec(Recommender):
         return loss + self.id_reg * (self.user.weight.index_select(0, u).pow(2).sum(1).mean()
                                      + ids[self.warm].pow(2).sum(1).mean())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the offset was a buffer ranked at their config's fixed offset, which
+        # the model was just built with: keep it rather than refuse the weights
+        state_dict.setdefault(prefix + "cold_offset", self.cold_offset.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def set_offset(self, value: float) -> None:
         self.cold_offset.fill_(value)  # read at ranking, outside the cached vectors
 
