@@ -168,6 +168,12 @@ def compared_features(cfg: Config) -> list[str]:
     return names
 
 
+def _reads_features_itself(model: str) -> bool:
+    """Content read by the model itself, not through its tower: joint, FREEDOM's kNN graph, the
+    zoo's graph models."""
+    return bool(MODELS.get(model)().extra_features(["a", "b"]))
+
+
 def build_arms(cfg: Config) -> list[Arm]:
     """The grid the `compare` section describes, in the order it runs (a fine-tuned arm before
     the arm that reads its features)."""
@@ -178,9 +184,7 @@ def build_arms(cfg: Config) -> list[Arm]:
     for n in features:
         if cfg.features[n].encoder is not None and getattr(cfg.features[n], "run", None) is None:
             by_encoder.setdefault(cfg.features[n].encoder, []).append(n)
-    # content read by the model itself, not its tower: joint, FREEDOM's kNN graph, the zoo's graph models
-    reads_itself = bool(MODELS.get(frozen_model)().extra_features(["a", "b"]))
-    tuned_reads_itself = bool(MODELS.get(tuned_model)().extra_features(["a", "b"]))
+    reads_itself, tuned_reads_itself = _reads_features_itself(frozen_model), _reads_features_itself(tuned_model)
     tuned_spec = MODELS.get(tuned_model)
     if tuned_spec.no_live_encoders and c.finetune:
         raise ConfigError(f"compare.finetune: model {tuned_model} {tuned_spec.no_live_encoders}; compare its frozen "

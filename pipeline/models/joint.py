@@ -91,6 +91,12 @@ def content_vectors(features: dict[str, torch.Tensor], pairs: list[tuple[str, st
     return torch.cat(parts, dim=1) if parts else torch.zeros(n_items, 0)
 
 
+def keep_configured_offset(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Weights saved before the offset was a buffer were ranked at their config's fixed offset,
+    which the model was just built with: keep it rather than refuse the weights."""
+    state_dict.setdefault(prefix + "cold_offset", module.cold_offset.detach().clone())
+
+
 class JointRec(Recommender):
     def __init__(self, n_users: int, item_tower: ItemTower, train_users: np.ndarray, train_items: np.ndarray,
                  content: torch.Tensor, taste_dim: int = 32, n_layers: int = 3, id_dropout: float = 0.9,
@@ -110,6 +116,7 @@ class JointRec(Recommender):
         self.auto_offset, self.warm_cost = cold_offset is None, warm_cost  # None: chosen on validation
         # saved with the weights: the offset the best epoch was ranked at is the one it is served at
         self.register_buffer("cold_offset", torch.tensor(0.0 if cold_offset is None else float(cold_offset)))
+        self.register_load_state_dict_pre_hook(keep_configured_offset)
         r, rt = normalized_bipartite(train_users, train_items, n_users, self.n_items)
         self.register_buffer("r", r, persistent=False)
         self.register_buffer("rt", rt, persistent=False)
@@ -152,12 +159,6 @@ class JointRec(Recommender):
         loss = loss + self.taste_reg * (taste.pow(2).sum(1).mean() + self.proj.pow(2).sum())
         return loss + self.id_reg * (self.user.weight.index_select(0, u).pow(2).sum(1).mean()
                                      + ids[self.warm].pow(2).sum(1).mean())
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # runs saved before the offset was a buffer ranked at their config's fixed offset, which
-        # the model was just built with: keep it rather than refuse the weights
-        state_dict.setdefault(prefix + "cold_offset", self.cold_offset.detach().clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_offset(self, value: float) -> None:
         self.cold_offset.fill_(value)  # read at ranking, outside the cached vectors
