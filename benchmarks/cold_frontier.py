@@ -9,7 +9,11 @@ overall / warm / cold R@20 of each merge is printed on validation and test:
 - ``z a b``: each list's scores standardised per user (over the items the evaluator ranks), cold
   items at ``a * z + b``: a user whose best unseen items stand out gets more of them.
 
-A third block, ``oracle``, picks each user's m from the test truth itself. It is not a method: it
+- ``gate m q``: ``slots m`` for the users whose training items are the least popular (the top
+  ``q`` share by the mean of -log popularity over their training items; no held-out data read),
+  none for the others: does a user's taste for rare items say their next item is a new one?
+
+A last block, ``oracle``, picks each user's m from the test truth itself. It is not a method: it
 is an upper bound on any per-user split of the K places between the two lists, and shows how much
 of the gap a better per-user choice could close before the rankers themselves must improve:
 
@@ -99,6 +103,20 @@ def oracle_slots(warm: torch.Tensor, cold: torch.Tensor, truth: torch.Tensor, in
     return m, torch.where(n_w > 0, rec_w[rows, m], nan), torch.where(n_c > 0, rec_c[rows, m], nan)
 
 
+def gate_merge(warm: torch.Tensor, cold: torch.Tensor, m: int, chosen: torch.Tensor) -> torch.Tensor:
+    """``slots m`` for the rows where ``chosen`` (bool [B]) is set, the warm list alone elsewhere."""
+    return torch.where(chosen[:, None], slot_merge(warm, cold, m), slot_merge(warm, cold, 0))
+
+
+def rare_taste(data) -> np.ndarray:
+    """Per user, the mean of -log(training popularity) over their training items (0 for none)."""
+    train = data.pairs("train")
+    users, items = np.asarray(train[0]), np.asarray(train[1])
+    pop = np.bincount(items, minlength=data.n_items)
+    total = np.bincount(users, weights=-np.log(pop[items] / len(items)), minlength=data.n_users)
+    return total / np.maximum(np.bincount(users, minlength=data.n_users), 1)
+
+
 class Pair:
     """A warm run and a cold run on one split: masked score batches as the evaluator ranks them."""
 
@@ -107,6 +125,7 @@ class Pair:
         _, _, self.cold = load_run(cold_run)
         self.evs = evaluators(cfg, self.data)
         self.in_cold = torch.as_tensor(self.evs["valid"].cold_items)
+        self.rare = rare_taste(self.data)
 
     def batch(self, split: str, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows, items = self.evs[split].mask.batch(users.numpy())
@@ -118,8 +137,13 @@ class Pair:
         return warm, cold
 
     def evaluate(self, split: str, merge) -> tuple[float, float, float]:
-        got = self.evs[split].evaluate(lambda users: merge(*self.batch(split, users.cpu())))
+        got = self.evs[split].evaluate(lambda users: merge(*self.batch(split, users.cpu()), self, split, users.cpu()))
         return tuple(got.get(f"{s}recall@{K}", float("nan")) for s in ("", "warm/", "cold/"))
+
+    def rare_users(self, split: str, q: float) -> torch.Tensor:
+        """bool [n_users]: the evaluated users of ``split`` in the top ``q`` share by :func:`rare_taste`."""
+        cut = np.quantile(self.rare[self.evs[split].users], 1.0 - q) if q > 0 else np.inf
+        return torch.as_tensor(self.rare >= cut)
 
     def oracle(self, split: str, weight: float) -> tuple[float, float, float]:
         ev = self.evs[split]
@@ -147,6 +171,8 @@ def main():
     ap.add_argument("--slots", default="0,1,2,3,4,6,8,10,20")
     ap.add_argument("--a", default="1,1.5,2")
     ap.add_argument("--b", default="-2,-1.5,-1,-0.5,0,0.5,1")
+    ap.add_argument("--gate-slots", default="2,4,10", help="gate: slots for the chosen users ('' for none)")
+    ap.add_argument("--gate-shares", default="0.1,0.25,0.5", help="gate: the share of users chosen")
     ap.add_argument("--oracle-weights", default="1,2,4")
     args = ap.parse_args()
     warm_runs, cold_runs = args.warm_runs.split(","), args.cold_runs.split(",")
@@ -163,10 +189,14 @@ def main():
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
     for m in (int(s) for s in args.slots.split(",")):
-        row(f"slots {m}", lambda w, c, m=m: slot_merge(w, c, m))
+        row(f"slots {m}", lambda w, c, pair, split, users, m=m: slot_merge(w, c, m))
     for a in (float(s) for s in args.a.split(",")):
         for b in (float(s) for s in args.b.split(",")):
-            row(f"z a={a:g} b={b:g}", lambda w, c, a=a, b=b: z_merge(w, c, a, b))
+            row(f"z a={a:g} b={b:g}", lambda w, c, pair, split, users, a=a, b=b: z_merge(w, c, a, b))
+    for m in (int(s) for s in args.gate_slots.split(",") if s):
+        for q in (float(s) for s in args.gate_shares.split(",")):
+            row(f"gate m={m} q={q:g}", lambda w, c, pair, split, users, m=m, q=q:
+                gate_merge(w, c, m, pair.rare_users(split, q)[users]))
     print(f"\n| oracle (test truth) weight | mean m | test warm R@{K} | test cold R@{K} |\n|---|---|---|---|")
     for weight in (float(s) for s in args.oracle_weights.split(",")):
         got = [p.oracle("test", weight) for p in pairs]

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +82,35 @@ def test_oracle_picks_each_users_best_split_of_the_top_k():
         assert np.isnan(float(w[u])) if not (truth[u] & ~COLD).any() else abs(float(w[u]) - best[1]) < 1e-6
         assert np.isnan(float(c[u])) if not (truth[u] & COLD).any() else abs(float(c[u]) - best[2]) < 1e-6
     assert int(m[0]) >= 1 and int(m[1]) == 0
+
+
+def test_gate_merge_gives_slots_to_the_chosen_users_only():
+    warm, cold = _lists(seed=3, users=6)
+    chosen = torch.tensor([True, False, True, False, False, True])
+    merged = cf.gate_merge(warm, cold, 2, chosen)
+    for u in range(len(warm)):
+        cold_order, warm_order = _order(cold[u]), _order(warm[u])
+        m = 2 if chosen[u] else 0
+        assert _order(merged[u]) == cold_order[:m] + warm_order + cold_order[m:]
+
+
+class _Pairs:
+    """What ``rare_taste`` reads of a prepared data set."""
+
+    def __init__(self, users, items, n_users, n_items):
+        self.train, self.n_users, self.n_items = (np.asarray(users), np.asarray(items)), n_users, n_items
+
+    def pairs(self, split):
+        assert split == "train"
+        return self.train
+
+
+def test_rare_taste_is_the_mean_negative_log_popularity_of_a_users_training_items():
+    users, items = [0, 0, 1, 1, 1, 2, 3], [0, 1, 0, 0, 2, 0, 1]   # item 0 four times, 1 twice, 2 once
+    got = cf.rare_taste(_Pairs(users, items, n_users=5, n_items=3))
+    pop = {0: 4, 1: 2, 2: 1}
+    for u in range(5):
+        mine = [i for uu, i in zip(users, items) if uu == u]
+        want = np.mean([-np.log(pop[i] / len(items)) for i in mine]) if mine else 0.0
+        assert got[u] == pytest.approx(want)
+    assert got[3] > got[0] > got[2]   # a user of rarer items scores higher
