@@ -10,11 +10,12 @@ user (the evaluator `modalrec compare` uses for its paired tests), and reports p
   (the unit is the test user: the noise of which users happen to be in the test split).
 
 "Within noise" reads as: no test finds the hybrid below at the 5% level. "Clearly above" reads as:
-the hybrid is above on both tests at the 5% level. Runs are given as comma lists, or as a prefix
+the hybrid is above and every test (over seeds, when there are two or more of each; paired t;
+Wilcoxon) agrees at the 5% level. Runs are given as comma lists, or as a prefix
 ending in `-s` followed by the seeds (`cache/runs/hybrid-bench-demo-joint-b16-s{1..10}`):
 
     r=cache/runs/hybrid-bench-demo
-    python benchmarks/bar16.py --hybrid $r-joint-b16-s --ids $r-lightgcn-b16-s --content $r-content-b16-s \
+    python benchmarks/hybrid_bar.py --hybrid $r-joint-b16-s --ids $r-lightgcn-b16-s --content $r-content-b16-s \
         --seeds 1,2,3,4,5,6,7,8,9,10
 """
 
@@ -69,14 +70,18 @@ def verdict(row: dict, want: str) -> str:
     return "met" if diff > 0 and ps and all(p < ALPHA for p in ps) else "not met"
 
 
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
 def fmt(row: dict) -> str:
     u = row["users"]
     h, o = row["hybrid"], row["other"]
-    lo, hi = u["ci95"] or (float("nan"), float("nan"))
-    ps = row["p_seeds"]
+    diff = "–" if u["diff"] is None else f"{u['diff']:+.4f}"
+    if u["ci95"] is not None:
+        diff += f" [{u['ci95'][0]:+.4f}, {u['ci95'][1]:+.4f}]"
     return (f"| {row['metric']} vs {row['against']} | {h['mean']:.4f} ± {h['std']:.4f} | {o['mean']:.4f} ± {o['std']:.4f} "
-            f"| {'–' if ps is None else f'{ps:.3g}'} | {u['n']} | {u['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
-            f"| {u['p_ttest']:.3g} | {u['p_wilcoxon']:.3g} | {row['verdict']} |")
+            f"| {_p(row['p_seeds'])} | {u['n']} | {diff} | {_p(u['p_ttest'])} | {_p(u['p_wilcoxon'])} | {row['verdict']} |")
 
 
 def main():
