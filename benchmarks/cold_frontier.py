@@ -126,6 +126,7 @@ class Pair:
         self.evs = evaluators(cfg, self.data)
         self.in_cold = torch.as_tensor(self.evs["valid"].cold_items)
         self.rare = rare_taste(self.data)
+        self._rare_users: dict[tuple[str, float], torch.Tensor] = {}
 
     def batch(self, split: str, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows, items = self.evs[split].mask.batch(users.numpy())
@@ -141,9 +142,12 @@ class Pair:
         return tuple(got.get(f"{s}recall@{K}", float("nan")) for s in ("", "warm/", "cold/"))
 
     def rare_users(self, split: str, q: float) -> torch.Tensor:
-        """bool [n_users]: the evaluated users of ``split`` in the top ``q`` share by :func:`rare_taste`."""
-        cut = np.quantile(self.rare[self.evs[split].users], 1.0 - q) if q > 0 else np.inf
-        return torch.as_tensor(self.rare >= cut)
+        """bool [n_users]: the evaluated users of ``split`` in the top ``q`` share by :func:`rare_taste`
+        (computed once per split and share, not per batch)."""
+        if (split, q) not in self._rare_users:
+            cut = np.quantile(self.rare[self.evs[split].users], 1.0 - q) if q > 0 else np.inf
+            self._rare_users[split, q] = torch.as_tensor(self.rare >= cut)
+        return self._rare_users[split, q]
 
     def oracle(self, split: str, weight: float) -> tuple[float, float, float]:
         ev = self.evs[split]

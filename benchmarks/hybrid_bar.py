@@ -37,8 +37,9 @@ def run_dirs(spec: str, seeds: list[int]) -> list[str]:
     return [f"{spec}{s}" for s in seeds]
 
 
-def arm_values(dirs: list[str], metric: str) -> tuple[list[float], np.ndarray]:
-    """Each run's test mean of ``metric`` and each test user's value averaged over the runs."""
+def arm_values(dirs: list[str], metrics: list[str]) -> dict[str, tuple[list[float], np.ndarray]]:
+    """Per metric: each run's test mean and each test user's value averaged over the runs (every
+    run re-scored once for all the metrics)."""
     users_ref, per_run = None, []
     for d in dirs:
         users, values = per_user_metrics(d)
@@ -46,10 +47,11 @@ def arm_values(dirs: list[str], metric: str) -> tuple[list[float], np.ndarray]:
             users_ref = users
         elif not np.array_equal(users, users_ref):
             raise SystemExit(f"{d}: its test users differ from {dirs[0]}'s")
-        per_run.append(values[metric])
+        per_run.append(values)
     with warnings.catch_warnings():  # a user outside the slice is NaN in every run, and stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return [float(np.nanmean(v)) for v in per_run], np.nanmean(np.stack(per_run), axis=0)
+        return {m: ([float(np.nanmean(v[m])) for v in per_run], np.nanmean(np.stack([v[m] for v in per_run]), axis=0))
+                for m in metrics}
 
 
 def compare(name: str, metric: str, a: tuple, b: tuple) -> dict:
@@ -94,9 +96,9 @@ def main():
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     warm, cold = f"warm/recall@{args.k}", f"cold/recall@{args.k}"
-    hybrid = run_dirs(args.hybrid, seeds)
-    rows = [compare("ids", warm, arm_values(hybrid, warm), arm_values(run_dirs(args.ids, seeds), warm)),
-            compare("content", cold, arm_values(hybrid, cold), arm_values(run_dirs(args.content, seeds), cold))]
+    hybrid = arm_values(run_dirs(args.hybrid, seeds), [warm, cold])
+    rows = [compare("ids", warm, hybrid[warm], arm_values(run_dirs(args.ids, seeds), [warm])[warm]),
+            compare("content", cold, hybrid[cold], arm_values(run_dirs(args.content, seeds), [cold])[cold])]
     rows[0]["verdict"] = verdict(rows[0], "within")
     rows[1]["verdict"] = verdict(rows[1], "above")
     print(f"hybrid {args.hybrid}; ids {args.ids}; content {args.content}; seeds {args.seeds}\n")
