@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,7 +56,7 @@ def installed_versions(libraries: dict[str, str]) -> dict[str, str]:
             pass
     return out
 
-class Backend:
+class Backend(ABC):
     """Subclass, set ``prefix`` (and ``libraries``, ``aliases``), implement `create`; decorate the
     class with ``@encoders.register_backend`` or name it in the ``modalrec.encoders`` entry points."""
 
@@ -61,9 +64,10 @@ class Backend:
     aliases: tuple[str, ...] = ()
     libraries: dict[str, str] = {}  # read only; set a new dict to change it
 
+    @abstractmethod
     def create(self, name: str, *, modality: str | None, offline: bool, random_init: bool,
                **options: Any) -> "Encoder":
-        raise NotImplementedError(f"backend {self.prefix!r} does not implement create()")
+        """The encoder the spec ``<prefix>:<name>`` names."""
 
     def weights(self, name: str, *, random_init: bool) -> WeightsLocation | None:
         """None: the weights cannot be located without building the encoder (the safe default)."""
@@ -105,6 +109,15 @@ def flag_checkpointing(module: "nn.Module") -> bool:
     for sub in switches:
         sub.grad_checkpointing = True
     return bool(switches)
+
+
+class HandBuilt(Backend):
+    """The backend of an encoder built by hand, not from a spec: no weights to locate, no library
+    versions to record, and nothing to build it again from."""
+
+    def create(self, name: str, *, modality: str | None, offline: bool, random_init: bool,
+               **options: Any) -> "Encoder":
+        raise ConfigError(f"encoder {name!r} was built by hand, not from a spec: build it again the same way")
 
 
 class FunctionBackend(Backend):

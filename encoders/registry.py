@@ -18,7 +18,7 @@ import torch
 
 from pipeline.errors import ConfigError, ModalrecError
 
-from .backend import Backend, FunctionBackend
+from .backend import Backend, FunctionBackend, HandBuilt
 from .base import MODALITIES, Encoder
 from .weights import env_offline, local_first
 
@@ -112,11 +112,11 @@ def get_backend(prefix: str) -> Backend:
 
 
 def backend_of(encoder: Encoder) -> Backend:
-    """The backend that built ``encoder`` (by its spec); a bare `Backend` for hand-built encoders."""
+    """The backend that built ``encoder`` (by its spec); `HandBuilt` for hand-built encoders."""
     try:
         return get_backend(parse_spec(getattr(encoder, "spec", ""))[0])
     except ModalrecError:
-        return Backend()
+        return HandBuilt()
 
 
 def spec_versions(spec: str | None) -> dict[str, str]:

@@ -118,7 +118,22 @@ def test_backend_objects_own_their_facts(demo_backend):
     with pytest.raises(ConfigError, match="unknown encoder backend 'nope-test'"):
         registry.get_backend("nope-test")
     with pytest.raises(ValueError):
-        encoders.register_backend(type("Bad", (Backend,), {"prefix": "a:b"}))
+        encoders.register_backend(type("Bad", (Backend,), {"prefix": "a:b", "create": _Demo.create}))
+
+
+def test_a_backend_without_create_is_refused_when_registered():
+    with pytest.raises(TypeError, match="abstract"):
+        encoders.register_backend(type("NoCreate", (Backend,), {"prefix": "nocreate-test"}))
+    assert "nocreate-test" not in encoders.available()
+
+
+def test_a_hand_built_encoder_has_a_backend_that_knows_nothing():
+    enc = fx.ToyEncoder("toy")   # built by hand: no spec
+    backend = encoders.backend_of(enc)
+    assert isinstance(backend, registry.HandBuilt)
+    assert backend.weights("toy", random_init=False) is None and backend.versions() == {}
+    with pytest.raises(ConfigError, match="built by hand"):
+        backend.create("toy", modality=None, offline=True, random_init=False)
 
 
 def test_function_style_registration_is_wrapped():
